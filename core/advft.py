@@ -1,0 +1,369 @@
+"""Adversarial fine-tuning (AdvFT), Algorithm 1 of the paper, as a steppable engine.
+
+    M_F <- copy of M_R, last layer frozen
+    for each of N epochs:
+        I_G generator steps:  minimise L_G  = D(F_F(G(z)), F_R(G(z)))                      (eq. 1)
+        I_F model steps:      minimise L_F  = max(D_id - D_fake + m, 0) + D_id            (eq. 2, 3)
+            with D_id   = mean over an ID batch of D(F_F(x), F_R(x))
+                 D_fake = mean (or median, as in the authors' code) over a generated batch
+
+D is the squared L2 distance of the paper ("l2sq") or the plain L2 distance of the authors' code
+("l2"). Both add eps = 1e-6 to the difference, as torch's PairwiseDistance does in the authors'
+code: at the start M_F = M_R makes every difference exactly zero, where the squared distance has
+a zero gradient and the plain one none at all; with the eps the gradient is tiny but non-zero, and
+Adam's normalisation turns it into full-size steps, so training starts in both forms.
+
+The engine knows nothing of any UI: it is stepped (`step`, `step_generator`, `step_model`,
+`run_epoch`), reports through `snapshot()` and `history`, and saves/restores with `state_dict()`.
+M_F stays in eval mode throughout (BatchNorm statistics frozen, as in the authors' code).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn as nn
+
+from .data import OOD_SOURCES, Dataset, ImageSet, stratified_indices, to_float
+from .metrics import Evaluator, outputs
+
+EPS = 1e-6
+DISTANCES = ("l2", "l2sq")
+FAKE_REDUCTIONS = ("mean", "median")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+class ConfigError(ValueError):
+    """A setting is out of range; the message names it and the allowed values."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite."""
+
+
+@dataclass
+class AdvFTConfig:
+    margin: float = 10.0          # m in eq. (2), in units of the penultimate features
+    epochs: int = 8               # N
+    i_g: int = 50                 # generator steps per epoch
+    i_f: int = 150                # model steps per epoch
+    batch_size: int = 64          # ID batch and generated batch, each
+    lr_g: float = 1e-3
+    lr_f: float = 1e-3
+    distance: str = "l2"          # "l2" (authors' code) or "l2sq" (the paper's equations)
+    fake_reduce: str = "mean"     # "mean" or "median" (authors' code) over the generated batch
+    lr_schedule: str = "constant"  # "cosine" decays lr_f to 0 over all model steps
+    latent_dim: int = 64
+    gen_width: int = 16           # generator channels (ngf); the authors' DFME generator uses 64
+    ood: str = "cifar10"          # OOD probe source for plots and OOD metrics
+    probe_size: int = 500         # ID and OOD points drawn in the feature plots
+    eval_train_size: int = 10000  # training images KL_train is measured on each epoch
+    eval_ood_size: int = 2000     # OOD images for ood_shift / ood_agreement
+    seed: int = 0
+
+    def validate(self) -> "AdvFTConfig":
+        def need(ok: bool, msg: str):
+            if not ok:
+                raise ConfigError(msg)
+
+        need(isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0,
+             f"margin must be a finite number > 0 (got {self.margin})")
+        need(int(self.epochs) == self.epochs and self.epochs >= 1, f"epochs must be an integer >= 1 (got {self.epochs})")
+        need(int(self.i_g) == self.i_g and self.i_g >= 0, f"I_G must be an integer >= 0 (got {self.i_g})")
+        need(int(self.i_f) == self.i_f and self.i_f >= 1, f"I_F must be an integer >= 1 (got {self.i_f})")
+        need(self.batch_size >= 2, f"batch size must be >= 2 (got {self.batch_size})")
+        for name in ("lr_g", "lr_f"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and 0 < v <= 1, f"{name} must be in (0, 1] (got {v})")
+        need(self.distance in DISTANCES, f"distance must be one of {DISTANCES} (got '{self.distance}')")
+        need(self.fake_reduce in FAKE_REDUCTIONS, f"fake_reduce must be one of {FAKE_REDUCTIONS} (got '{self.fake_reduce}')")
+        need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES} (got '{self.lr_schedule}')")
+        need(self.ood in OOD_SOURCES, f"ood must be one of {OOD_SOURCES} (got '{self.ood}')")
+        need(self.latent_dim >= 1 and self.gen_width >= 1, "latent_dim and gen_width must be >= 1")
+        need(self.probe_size >= 10 and self.eval_train_size >= 10 and self.eval_ood_size >= 10,
+             "probe and evaluation set sizes must be >= 10")
+        return self
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AdvFTConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# Presets: a victim (assets/victims/<name>.pt) and the config overrides that go with it.
+PRESETS: dict[str, dict] = {
+    # Fast on a 2-core CPU (~1 min), strong enough to see OOD features fly while ID stays put.
+    "lecture": {"victim": "mnist_lenet2d", "config": {}},
+    # The same on the offline default data (no dataset on disk needed).
+    "offline": {"victim": "digits_lenet2d", "config": {}},
+    # The authors' settings (Adam 1e-4, m = 100, median over the fake batch, 500 G steps per epoch).
+    "paper": {"victim": "mnist_lenet2d", "config": {
+        "margin": 100.0, "epochs": 6, "i_g": 500, "i_f": 4690, "lr_g": 1e-4, "lr_f": 1e-4,
+        "fake_reduce": "median", "distance": "l2", "latent_dim": 256, "gen_width": 64}},
+}
+
+
+def preset_config(name: str, **overrides) -> AdvFTConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    return replace(AdvFTConfig(**PRESETS[name]["config"]), **overrides)
+
+
+# ---------------------------------------------------------------- the pieces of the algorithm
+
+
+class Generator(nn.Module):
+    """A small DCGAN-style generator (the DFAD/DFME design, narrower) producing images in [0, 1]."""
+
+    def __init__(self, latent_dim: int, shape: tuple[int, int, int], width: int = 16):
+        super().__init__()
+        c, h, w = shape
+        if h % 4 or w % 4:
+            raise ConfigError(f"the generator needs image sides divisible by 4 (got {h}x{w})")
+        self.latent_dim, self.shape, self.h0, self.w0 = latent_dim, shape, h // 4, w // 4
+        self.fc = nn.Linear(latent_dim, 2 * width * self.h0 * self.w0)
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(2 * width),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, 2 * width, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(2 * width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, c, 3, 1, 1), nn.BatchNorm2d(c, affine=False), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.fc(z).view(len(z), -1, self.h0, self.w0)
+        return (self.net(x) + 1) / 2  # tanh range -> the models' [0, 1] input range
+
+
+def feature_distance(a: torch.Tensor, b: torch.Tensor, form: str) -> torch.Tensor:
+    """Per-sample distance between feature rows (eps-shifted, see the module docstring)."""
+    d = a - b + EPS
+    sq = (d * d).sum(1)
+    return sq if form == "l2sq" else sq.sqrt()
+
+
+def generator_loss(f_model: torch.Tensor, f_ref: torch.Tensor, form: str) -> torch.Tensor:
+    """Eq. (1): G wants generated inputs on which M_F and M_R agree."""
+    return feature_distance(f_model, f_ref, form).mean()
+
+
+def fine_tune_loss(f_id: torch.Tensor, f_id_ref: torch.Tensor, f_fake: torch.Tensor, f_fake_ref: torch.Tensor,
+                   margin: float, form: str, fake_reduce: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Eqs. (2) and (3): returns (L_F, L_F1, L_F2)."""
+    d_id = feature_distance(f_id, f_id_ref, form).mean()
+    per_fake = feature_distance(f_fake, f_fake_ref, form)
+    d_fake = per_fake.median() if fake_reduce == "median" else per_fake.mean()
+    l_f1 = torch.clamp(d_id - d_fake + margin, min=0)
+    l_f2 = d_id
+    return l_f1 + l_f2, l_f1, l_f2
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class AdvFT:
+    """One AdvFT run: reference M_R, protected M_F, generator G, their optimisers and counters."""
+
+    def __init__(self, reference: nn.Module, config: AdvFTConfig, data: Dataset, ood: ImageSet,
+                 device: torch.device | str = "cpu"):
+        self.config = config.validate()
+        self.device = torch.device(device)
+        self.data = data
+        torch.manual_seed(config.seed)  # generator initialisation
+        self.reference = copy.deepcopy(reference).to(self.device).eval().requires_grad_(False)
+        self.model = copy.deepcopy(reference).to(self.device).eval()
+        self.model.head.requires_grad_(False)  # Algorithm 1, line 2: the last layer is frozen
+        self.generator = Generator(config.latent_dim, data.shape, config.gen_width).to(self.device)
+        self.model_params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g)
+        self.opt_f = torch.optim.Adam(self.model_params, lr=config.lr_f)
+        total_f = config.epochs * config.i_f
+        self.sched_f = torch.optim.lr_scheduler.LambdaLR(
+            self.opt_f, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_f) / total_f)))
+            if config.lr_schedule == "cosine" else (lambda s: 1.0))
+        self.rng = torch.Generator().manual_seed(config.seed + 1)  # batches and noise
+
+        # Position in Algorithm 1 and per-epoch loss sums.
+        self.epoch = 0
+        self.g_done = 0
+        self.f_done = 0
+        self._sums = {"l_g": 0.0, "l_f": 0.0, "l_f1": 0.0, "l_f2": 0.0}
+        self.last_losses: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.seconds = 0.0
+
+        # Fixed sets for metrics and plots (same every epoch, so the pictures are comparable).
+        fixed = torch.Generator().manual_seed(config.seed + 2)
+        train_idx = torch.randperm(len(data.x_train), generator=fixed)[:config.eval_train_size]
+        self.evaluator = Evaluator(self.reference, data.x_test, data.y_test, data.x_train[train_idx],
+                                   ood.x[:config.eval_ood_size], self.device)
+        probe_idx = stratified_indices(data.y_test, config.probe_size, seed=config.seed)
+        self.probe_id, self.probe_id_labels = data.x_test[probe_idx], data.y_test[probe_idx]
+        self.probe_ood = ood.x[:config.probe_size]
+        self.ood_source = ood.source
+        self.fixed_z = torch.randn(16, config.latent_dim, generator=fixed)
+        self._ref_probe = {"id": outputs(self.reference, self.probe_id, self.device)[0],
+                           "ood": outputs(self.reference, self.probe_ood, self.device)[0]}
+        self.history.append(self._record(losses={}))
+
+    # ------------------------------------------------------------ steps
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    @property
+    def phase(self) -> str:
+        """'G' while the generator steps of this epoch are due, then 'F'."""
+        return "G" if self.g_done < self.config.i_g else "F"
+
+    def _noise(self) -> torch.Tensor:
+        return torch.randn(self.config.batch_size, self.config.latent_dim, generator=self.rng).to(self.device)
+
+    def step_generator(self) -> float:
+        """One update of G on eq. (1). Gradients flow through both models to the input only."""
+        x = self.generator(self._noise())
+        loss = generator_loss(self.model.features(x), self.reference.features(x), self.config.distance)
+        self._check(loss, "L_G")
+        grads = torch.autograd.grad(loss, list(self.generator.parameters()))
+        for p, g in zip(self.generator.parameters(), grads):
+            p.grad = g
+        self.opt_g.step()
+        value = loss.item()
+        self._sums["l_g"] += value
+        self.last_losses["l_g"] = value
+        return value
+
+    def step_model(self) -> dict[str, float]:
+        """One update of M_F on eq. (3): an ID batch and a generated batch, one forward pass each model."""
+        bs = self.config.batch_size
+        idx = torch.randint(len(self.data.x_train), (bs,), generator=self.rng)
+        x_id = to_float(self.data.x_train[idx]).to(self.device)
+        with torch.no_grad():
+            x = torch.cat([x_id, self.generator(self._noise())])
+            f_ref = self.reference.features(x)
+        f = self.model.features(x)
+        loss, l1, l2 = fine_tune_loss(f[:bs], f_ref[:bs], f[bs:], f_ref[bs:], self.config.margin,
+                                      self.config.distance, self.config.fake_reduce)
+        self._check(loss, "L_F")
+        self.opt_f.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_f.step()
+        self.sched_f.step()
+        values = {"l_f": loss.item(), "l_f1": l1.item(), "l_f2": l2.item()}
+        for k, v in values.items():
+            self._sums[k] += v
+        self.last_losses.update(values)
+        return values
+
+    def step(self) -> dict | None:
+        """The next step in Algorithm 1's order; returns the epoch's record when it completes one."""
+        if self.finished:
+            return None
+        t0 = time.perf_counter()
+        if self.phase == "G":
+            self.step_generator()
+            self.g_done += 1
+        else:
+            self.step_model()
+            self.f_done += 1
+        self.seconds += time.perf_counter() - t0
+        if self.f_done >= self.config.i_f:
+            return self._end_epoch()
+        return None
+
+    def run_epoch(self, should_stop=lambda: False) -> dict | None:
+        """Steps to the end of the current epoch; None if should_stop() interrupted it."""
+        while not self.finished:
+            if should_stop():
+                return None
+            record = self.step()
+            if record is not None:
+                return record
+        return None
+
+    def run(self, should_stop=lambda: False, on_epoch=lambda record: None) -> None:
+        while not self.finished:
+            record = self.run_epoch(should_stop)
+            if record is None:
+                return
+            on_epoch(record)
+
+    def _check(self, loss: torch.Tensor, name: str) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"{name} became {float(loss)} at epoch {self.epoch + 1}; lower the learning rates or the margin")
+
+    def _end_epoch(self) -> dict:
+        t0 = time.perf_counter()
+        losses = {k: self._sums[k] / max(1, self.config.i_g if k == "l_g" else self.config.i_f)
+                  for k in self._sums}
+        self.epoch += 1
+        self.g_done = self.f_done = 0
+        self._sums = dict.fromkeys(self._sums, 0.0)
+        record = self._record(losses)
+        self.seconds += time.perf_counter() - t0
+        record["seconds"] = self.seconds
+        self.history.append(record)
+        return record
+
+    def _record(self, losses: dict) -> dict:
+        return {"epoch": self.epoch, **losses, **self.evaluator(self.model), "seconds": self.seconds}
+
+    # ------------------------------------------------------------ reporting
+    def metrics(self) -> dict:
+        """Final metrics: the last epoch's, with KL_train over the whole training set."""
+        out = dict(self.history[-1])
+        _, l_ref = outputs(self.reference, self.data.x_train, self.device)
+        _, l_new = outputs(self.model, self.data.x_train, self.device)
+        from .metrics import kl_divergence
+        out["kl_train"] = kl_divergence(l_ref, l_new)
+        out["epochs_done"] = self.epoch
+        return out
+
+    @torch.no_grad()
+    def snapshot(self) -> dict:
+        """What a UI draws: probe features before (M_R) and now (M_F), G samples, losses, history."""
+        gen = self.generator(self.fixed_z.to(self.device))
+        gen_feats = self.model.features(gen).cpu()
+        gen_feats_ref = self.reference.features(gen).cpu()
+        return {
+            "epoch": self.epoch, "g_done": self.g_done, "f_done": self.f_done, "phase": self.phase,
+            "finished": self.finished,
+            "id_labels": self.probe_id_labels,
+            "id_ref": self._ref_probe["id"], "id_now": outputs(self.model, self.probe_id, self.device)[0],
+            "ood_ref": self._ref_probe["ood"], "ood_now": outputs(self.model, self.probe_ood, self.device)[0],
+            "gen_images": (gen.cpu().clamp(0, 1) * 255).round().to(torch.uint8),
+            "gen_ref": gen_feats_ref, "gen_now": gen_feats,
+            "head": self.model.head.weight.detach().cpu().clone(),
+            "losses": dict(self.last_losses),
+            "history": [dict(h) for h in self.history],
+        }
+
+    # ------------------------------------------------------------ save / resume
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "epoch": self.epoch, "g_done": self.g_done, "f_done": self.f_done,
+            "sums": dict(self._sums), "seconds": self.seconds, "history": self.history,
+            "model": self.model.state_dict(), "generator": self.generator.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict(),
+            "sched_f": self.sched_f.state_dict(), "rng": self.rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if asdict(self.config) != state["config"]:
+            raise ConfigError("the saved state was made with a different configuration")
+        self.model.load_state_dict(state["model"])
+        self.generator.load_state_dict(state["generator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_f.load_state_dict(state["opt_f"])
+        self.sched_f.load_state_dict(state["sched_f"])
+        self.rng.set_state(state["rng"])
+        self.epoch, self.g_done, self.f_done = state["epoch"], state["g_done"], state["f_done"]
+        self._sums, self.seconds = dict(state["sums"]), state["seconds"]
+        self.history = [dict(h) for h in state["history"]]

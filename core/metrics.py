@@ -1,0 +1,84 @@
+"""The paper's Table 2 columns and the feature-drift measures, for a reference model M_R and a model M_F.
+
+- acc:       top-1 accuracy on the ID test set
+- kl_train / kl_test: mean KL(P_R || P_F) of the softmax outputs over train / test images (this
+  direction reproduces the paper's DP figures, see ../shared/notes)
+- id_shift / ood_shift: mean ||F_F(x) - F_R(x)|| of the penultimate features on ID test / OOD images
+- ood_agreement: fraction of OOD images on which M_R and M_F give the same top-1 class
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .data import to_float
+
+
+@torch.no_grad()
+def outputs(model: torch.nn.Module, x: torch.Tensor, device: torch.device | str = "cpu",
+            batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, logits) for uint8 or float images, computed in batches, returned on the CPU."""
+    feats, logits = [], []
+    for i in range(0, len(x), batch_size):
+        xb = to_float(x[i:i + batch_size]).to(device)
+        f = model.features(xb)
+        feats.append(f.float().cpu())
+        logits.append(model.head(f).float().cpu())
+    if not feats:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(feats), torch.cat(logits)
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def kl_divergence(logits_ref: torch.Tensor, logits_new: torch.Tensor) -> float:
+    """Mean over samples of KL(softmax(ref) || softmax(new))."""
+    log_p = F.log_softmax(logits_ref.double(), 1)
+    log_q = F.log_softmax(logits_new.double(), 1)
+    return float((log_p.exp() * (log_p - log_q)).sum(1).mean())
+
+
+def feature_shift(f_ref: torch.Tensor, f_new: torch.Tensor) -> float:
+    return float((f_new - f_ref).norm(dim=1).mean())
+
+
+def agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
+    return float((logits_a.argmax(1) == logits_b.argmax(1)).float().mean())
+
+
+@dataclass
+class Evaluator:
+    """Computes the reference model's outputs once, then scores any number of fine-tuned models."""
+
+    reference: torch.nn.Module
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    x_train: torch.Tensor  # the (sub)set KL_train is measured on
+    x_ood: torch.Tensor
+    device: torch.device | str = "cpu"
+
+    def __post_init__(self):
+        self._ref = {name: outputs(self.reference, x, self.device)
+                     for name, x in (("test", self.x_test), ("train", self.x_train), ("ood", self.x_ood))}
+        self.acc_before = accuracy(self._ref["test"][1], self.y_test)
+
+    def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        f_test, l_test = outputs(model, self.x_test, self.device)
+        _, l_train = outputs(model, self.x_train, self.device)
+        f_ood, l_ood = outputs(model, self.x_ood, self.device)
+        rf_test, rl_test = self._ref["test"]
+        rf_ood, rl_ood = self._ref["ood"]
+        return {
+            "acc_before": self.acc_before,
+            "acc_after": accuracy(l_test, self.y_test),
+            "kl_train": kl_divergence(self._ref["train"][1], l_train),
+            "kl_test": kl_divergence(rl_test, l_test),
+            "id_shift": feature_shift(rf_test, f_test),
+            "ood_shift": feature_shift(rf_ood, f_ood),
+            "ood_agreement": agreement(rl_ood, l_ood),
+        }

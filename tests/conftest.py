@@ -1,0 +1,51 @@
+"""Shared fixtures. Real data comes from $ADVFT_DATA_DIR (CI: ../shared/data); tests that need it
+skip only when it is truly absent, and .ci/run always provides it."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("ADVFT_DATA_DIR") or ROOT.parent / "shared" / "data")
+MNIST_VICTIM = ROOT / "assets" / "victims" / "mnist_lenet2d.pt"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "mnist.npz").is_file():
+        pytest.skip(f"MNIST not found in {DATA_DIR}; set ADVFT_DATA_DIR")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def mnist(data_dir):
+    from core.data import load_dataset
+
+    return load_dataset("mnist", data_dir)
+
+
+@pytest.fixture(scope="session")
+def victim():
+    from core import load_model
+
+    return load_model(MNIST_VICTIM)
+
+
+@pytest.fixture(scope="session")
+def cifar_probe(data_dir, mnist):
+    from core.data import load_ood
+
+    return load_ood("cifar10", mnist.shape, 300, data_dir)
+
+
+def tiny_config(**kw):
+    """An AdvFT config small enough for a test: a few steps, small evaluation sets."""
+    from core.advft import AdvFTConfig
+
+    base = dict(epochs=1, i_g=2, i_f=3, batch_size=16, probe_size=50, eval_train_size=200, eval_ood_size=100)
+    base.update(kw)
+    return AdvFTConfig(**base)

@@ -1,0 +1,90 @@
+"""The AdvFT engine on the committed MNIST victim and real CIFAR-10 OOD probes."""
+
+import pytest
+import torch
+
+from core.advft import AdvFT, TrainingDiverged
+from tests.conftest import tiny_config
+
+
+def make(victim, mnist, probe, **kw):
+    return AdvFT(victim, tiny_config(**kw), mnist, probe)
+
+
+def test_head_is_frozen_bit_for_bit(victim, mnist, cifar_probe):
+    t = make(victim, mnist, cifar_probe, epochs=2, lr_f=1e-2)
+    head_before = t.model.head.weight.detach().clone()
+    t.run()
+    assert t.finished and t.epoch == 2
+    assert torch.equal(t.model.head.weight, head_before)
+    assert torch.equal(t.model.head.weight, victim.head.weight)
+    # ... while the feature extractor did move
+    moved = [not torch.equal(a, b) for a, b in zip(t.model.body.parameters(), victim.body.parameters())]
+    assert any(moved)
+
+
+@pytest.mark.parametrize("distance", ["l2", "l2sq"])
+def test_training_starts_from_identical_models(victim, mnist, cifar_probe, distance):
+    t = make(victim, mnist, cifar_probe, distance=distance, i_g=0)
+    x = mnist.x_test[:64].float() / 255
+    assert torch.equal(t.model.features(x), t.reference.features(x))
+    t.step_model()
+    shift = (t.model.features(x) - t.reference.features(x)).norm(dim=1).mean().item()
+    assert shift > 0
+
+
+def test_same_seed_same_result_different_seed_differs(victim, mnist, cifar_probe):
+    a, b, c = (make(victim, mnist, cifar_probe, seed=s) for s in (3, 3, 4))
+    for t in (a, b, c):
+        t.run()
+    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(pa, pb)
+    assert a.history[-1] == {**b.history[-1], "seconds": a.history[-1]["seconds"]}
+    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.model.parameters(), c.model.parameters()))
+
+
+def test_resume_continues_exactly(victim, mnist, cifar_probe):
+    straight = make(victim, mnist, cifar_probe, epochs=2)
+    straight.run()
+    first = make(victim, mnist, cifar_probe, epochs=2)
+    first.run_epoch()
+    state = first.state_dict()
+    resumed = make(victim, mnist, cifar_probe, epochs=2)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1
+    resumed.run()
+    for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q)
+    for p, q in zip(straight.generator.parameters(), resumed.generator.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_steps_follow_algorithm_order_and_stop(victim, mnist, cifar_probe):
+    t = make(victim, mnist, cifar_probe, epochs=2, i_g=2, i_f=3)
+    phases = []
+    for _ in range(5):
+        phases.append(t.phase)
+        t.step()
+    assert phases == ["G", "G", "F", "F", "F"]
+    assert t.epoch == 1 and len(t.history) == 2  # epoch 0 baseline + epoch 1
+    assert t.run_epoch(should_stop=lambda: True) is None and t.epoch == 1
+
+
+def test_snapshot_has_what_a_plot_needs(victim, mnist, cifar_probe):
+    t = make(victim, mnist, cifar_probe)
+    s = t.snapshot()
+    assert s["id_ref"].shape == (50, 2) and s["ood_ref"].shape == (50, 2)
+    assert s["id_now"].shape == s["id_ref"].shape and s["id_labels"].shape == (50,)
+    assert s["gen_images"].dtype == torch.uint8 and s["gen_images"].shape == (16, 1, 28, 28)
+    assert s["head"].shape == (10, 2)
+    assert s["history"][0]["epoch"] == 0 and s["history"][0]["acc_after"] == s["history"][0]["acc_before"]
+    assert s["history"][0]["kl_test"] == pytest.approx(0, abs=1e-9)
+
+
+def test_non_finite_loss_stops_with_a_message(victim, mnist, cifar_probe):
+    t = make(victim, mnist, cifar_probe)
+    with torch.no_grad():
+        next(t.model.body.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="lower the learning rates"):
+        for _ in range(5):
+            t.step()
