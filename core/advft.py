@@ -48,7 +48,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class AdvFTConfig:
     margin: float = 10.0          # m in eq. (2), in units of the penultimate features
-    epochs: int = 8               # N
+    epochs: int = 6               # N
     i_g: int = 50                 # generator steps per epoch
     i_f: int = 150                # model steps per epoch
     batch_size: int = 64          # ID batch and generated batch, each
