@@ -296,7 +296,7 @@ class AdvFT:
     def _check(self, loss: torch.Tensor, name: str) -> None:
         if not torch.isfinite(loss):
             raise TrainingDiverged(
-                f"{name} became {float(loss)} at epoch {self.epoch + 1}; lower the learning rates or the margin")
+                f"{name} became {loss.detach().item()} at epoch {self.epoch + 1}; lower the learning rates or the margin")
 
     def _end_epoch(self) -> dict:
         t0 = time.perf_counter()

@@ -94,7 +94,7 @@ def cmd_train_victim(a) -> int:
     seconds = time.perf_counter() - t0
     name = victim_name(a.dataset, a.arch)
     info = {"test_accuracy": acc, "config": asdict(cfg), "dataset": a.dataset, "data_source": data.source,
-            "command": "python -m core " + " ".join(shlex.quote(x) for x in sys.argv[1:]),
+            "command": "python -m core " + " ".join(shlex.quote(x) for x in a.argv),
             "seconds": round(seconds, 1), "device": describe(device),
             "trained": time.strftime("%Y-%m-%d")}
     save_model(model.cpu(), out / f"{name}.pt", **info)
@@ -256,7 +256,9 @@ _EXTRA_COMMANDS: list = []
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     a = parser.parse_args(argv)
+    a.argv = argv  # recorded with the victims it trains
     if hasattr(a, "data_dir"):
         a.data_dir = str(resolve_data_dir(a.data_dir))
     try:

@@ -235,7 +235,7 @@ def natural_crops(n: int, seed: int = 0, size: int = 32) -> torch.Tensor:
     """n random crops (uint8, 3 x size x size) of the two photos that ship with scikit-learn."""
     from sklearn.datasets import load_sample_images
 
-    photos = [torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in load_sample_images().images]
+    photos = [torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 for im in load_sample_images().images]
     g = torch.Generator().manual_seed(seed)
     out = torch.empty(n, 3, size, size)
     for i in range(n):

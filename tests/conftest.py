@@ -29,6 +29,28 @@ def mnist(data_dir):
 
 
 @pytest.fixture(scope="session")
+def mnist_small(mnist):
+    """Real MNIST, cut to 3,000 training and 1,000 test images so engine tests stay fast."""
+    from dataclasses import replace
+
+    return replace(mnist, x_train=mnist.x_train[:3000], y_train=mnist.y_train[:3000],
+                   x_test=mnist.x_test[:1000], y_test=mnist.y_test[:1000])
+
+
+@pytest.fixture(scope="session")
+def small_data_dir(data_dir, tmp_path_factory):
+    """A data dir holding real MNIST and CIFAR-10 cut to a few thousand images, for CLI runs."""
+    import numpy as np
+
+    out = tmp_path_factory.mktemp("small-data")
+    for name, n_train, n_test in (("mnist", 3000, 1000), ("cifar10", 2000, 2000)):
+        with np.load(data_dir / f"{name}.npz") as z:
+            np.savez(out / f"{name}.npz", x_train=z["x_train"][:n_train], y_train=z["y_train"][:n_train],
+                     x_test=z["x_test"][:n_test], y_test=z["y_test"][:n_test])
+    return out
+
+
+@pytest.fixture(scope="session")
 def victim():
     from core import load_model
 

@@ -36,22 +36,22 @@ def test_train_victim_offline_default(tmp_path, capsys):
     assert model.info["test_accuracy"] == info["test_accuracy"] > 0.2  # well above chance after 2 epochs
 
 
-def test_advft_happy_path(tmp_path, capsys, data_dir):
+def test_advft_happy_path(tmp_path, capsys, small_data_dir):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "advft", "--victim", MNIST_VICTIM, "--margin", "5", *TINY, "--seed", "0",
-                            "--out", out, "--data-dir", data_dir)
+                            "--out", out, "--data-dir", small_data_dir)
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("acc_before", "acc_after", "kl_train", "kl_test", "id_shift", "ood_shift", "ood_agreement", "seconds"):
         assert isinstance(metrics[key], float), key
-    assert metrics["acc_before"] >= 0.99 and 0 < metrics["ood_shift"]
+    assert metrics["acc_before"] >= 0.97 and 0 < metrics["ood_shift"]  # first 1,000 test images
     protected = load_model(out / "model.pt")
     assert protected.arch == "lenet2d" and torch.equal(protected.head.weight, load_model(MNIST_VICTIM).head.weight)
     assert json.loads(stdout)["epochs_done"] == 1
     # the same folder again is refused; --resume of a finished run is a no-op that still reports
-    code, _, err = run(capsys, "advft", "--victim", MNIST_VICTIM, *TINY, "--out", out, "--data-dir", data_dir)
+    code, _, err = run(capsys, "advft", "--victim", MNIST_VICTIM, *TINY, "--out", out, "--data-dir", small_data_dir)
     assert code == 2 and "--resume" in err
-    code, stdout, _ = run(capsys, "advft", "--resume", *TINY, "--out", out, "--data-dir", data_dir)
+    code, stdout, _ = run(capsys, "advft", "--resume", *TINY, "--out", out, "--data-dir", small_data_dir)
     assert code == 0 and json.loads(stdout)["epochs_done"] == 1
 
 
@@ -76,7 +76,7 @@ def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_bad_files_exit_2_and_write_nothing(tmp_path, capsys, data_dir):
+def test_bad_files_exit_2_and_write_nothing(tmp_path, capsys, small_data_dir):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"this is not a checkpoint")
     cases = [
@@ -85,7 +85,7 @@ def test_bad_files_exit_2_and_write_nothing(tmp_path, capsys, data_dir):
     ]
     for extra, message in cases:
         out = tmp_path / "out"
-        code, _, err = run(capsys, "advft", *extra, *TINY, "--out", out, "--data-dir", data_dir)
+        code, _, err = run(capsys, "advft", *extra, *TINY, "--out", out, "--data-dir", small_data_dir)
         assert code == 2 and message in err and err.count("\n") == 1, err
         assert not out.exists()
     # a data dir without MNIST
@@ -97,7 +97,7 @@ def test_bad_files_exit_2_and_write_nothing(tmp_path, capsys, data_dir):
     assert code == 2 and "MNIST not found" in err and not (tmp_path / "o3").exists()
 
 
-def test_checkpoint_that_does_not_fit_its_data(tmp_path, capsys, data_dir):
+def test_checkpoint_that_does_not_fit_its_data(tmp_path, capsys, small_data_dir):
     """A victim whose stored dataset disagrees with the images on disk is refused up front."""
     import numpy as np
 
@@ -112,7 +112,7 @@ def test_checkpoint_that_does_not_fit_its_data(tmp_path, capsys, data_dir):
     assert code == 2 and "shape" in err and not (tmp_path / "o").exists()
 
 
-def test_divergence_keeps_the_last_good_epoch(tmp_path, capsys, data_dir, monkeypatch):
+def test_divergence_keeps_the_last_good_epoch(tmp_path, capsys, small_data_dir, monkeypatch):
     from core import advft
 
     real_step = advft.AdvFT.step_model
@@ -125,7 +125,7 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, capsys, data_dir, monkey
     monkeypatch.setattr(advft.AdvFT, "step_model", step_then_explode)
     out = tmp_path / "run"
     code, _, err = run(capsys, "advft", "--victim", MNIST_VICTIM, "--epochs", "3", "--ig", "1", "--if", "2",
-                       "--batch-size", "16", "--out", out, "--data-dir", data_dir)
+                       "--batch-size", "16", "--out", out, "--data-dir", small_data_dir)
     assert code == 2 and "nan" in err and "last good epoch, 1" in err
     assert json.loads((out / "status.json").read_text())["status"] == "failed"
     assert load_model(out / "model.pt").info["epochs_done"] == 1

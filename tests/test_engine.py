@@ -7,12 +7,12 @@ from core.advft import AdvFT, TrainingDiverged
 from tests.conftest import tiny_config
 
 
-def make(victim, mnist, probe, **kw):
-    return AdvFT(victim, tiny_config(**kw), mnist, probe)
+def make(victim, data, probe, **kw):
+    return AdvFT(victim, tiny_config(**kw), data, probe)
 
 
-def test_head_is_frozen_bit_for_bit(victim, mnist, cifar_probe):
-    t = make(victim, mnist, cifar_probe, epochs=2, lr_f=1e-2)
+def test_head_is_frozen_bit_for_bit(victim, mnist_small, cifar_probe):
+    t = make(victim, mnist_small, cifar_probe, epochs=2, lr_f=1e-2)
     head_before = t.model.head.weight.detach().clone()
     t.run()
     assert t.finished and t.epoch == 2
@@ -24,17 +24,17 @@ def test_head_is_frozen_bit_for_bit(victim, mnist, cifar_probe):
 
 
 @pytest.mark.parametrize("distance", ["l2", "l2sq"])
-def test_training_starts_from_identical_models(victim, mnist, cifar_probe, distance):
-    t = make(victim, mnist, cifar_probe, distance=distance, i_g=0)
-    x = mnist.x_test[:64].float() / 255
+def test_training_starts_from_identical_models(victim, mnist_small, cifar_probe, distance):
+    t = make(victim, mnist_small, cifar_probe, distance=distance, i_g=0)
+    x = mnist_small.x_test[:64].float() / 255
     assert torch.equal(t.model.features(x), t.reference.features(x))
     t.step_model()
     shift = (t.model.features(x) - t.reference.features(x)).norm(dim=1).mean().item()
     assert shift > 0
 
 
-def test_same_seed_same_result_different_seed_differs(victim, mnist, cifar_probe):
-    a, b, c = (make(victim, mnist, cifar_probe, seed=s) for s in (3, 3, 4))
+def test_same_seed_same_result_different_seed_differs(victim, mnist_small, cifar_probe):
+    a, b, c = (make(victim, mnist_small, cifar_probe, seed=s) for s in (3, 3, 4))
     for t in (a, b, c):
         t.run()
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
@@ -43,13 +43,13 @@ def test_same_seed_same_result_different_seed_differs(victim, mnist, cifar_probe
     assert any(not torch.equal(pa, pc) for pa, pc in zip(a.model.parameters(), c.model.parameters()))
 
 
-def test_resume_continues_exactly(victim, mnist, cifar_probe):
-    straight = make(victim, mnist, cifar_probe, epochs=2)
+def test_resume_continues_exactly(victim, mnist_small, cifar_probe):
+    straight = make(victim, mnist_small, cifar_probe, epochs=2)
     straight.run()
-    first = make(victim, mnist, cifar_probe, epochs=2)
+    first = make(victim, mnist_small, cifar_probe, epochs=2)
     first.run_epoch()
     state = first.state_dict()
-    resumed = make(victim, mnist, cifar_probe, epochs=2)
+    resumed = make(victim, mnist_small, cifar_probe, epochs=2)
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
     resumed.run()
@@ -59,8 +59,8 @@ def test_resume_continues_exactly(victim, mnist, cifar_probe):
         assert torch.equal(p, q)
 
 
-def test_steps_follow_algorithm_order_and_stop(victim, mnist, cifar_probe):
-    t = make(victim, mnist, cifar_probe, epochs=2, i_g=2, i_f=3)
+def test_steps_follow_algorithm_order_and_stop(victim, mnist_small, cifar_probe):
+    t = make(victim, mnist_small, cifar_probe, epochs=2, i_g=2, i_f=3)
     phases = []
     for _ in range(5):
         phases.append(t.phase)
@@ -70,8 +70,8 @@ def test_steps_follow_algorithm_order_and_stop(victim, mnist, cifar_probe):
     assert t.run_epoch(should_stop=lambda: True) is None and t.epoch == 1
 
 
-def test_snapshot_has_what_a_plot_needs(victim, mnist, cifar_probe):
-    t = make(victim, mnist, cifar_probe)
+def test_snapshot_has_what_a_plot_needs(victim, mnist_small, cifar_probe):
+    t = make(victim, mnist_small, cifar_probe)
     s = t.snapshot()
     assert s["id_ref"].shape == (50, 2) and s["ood_ref"].shape == (50, 2)
     assert s["id_now"].shape == s["id_ref"].shape and s["id_labels"].shape == (50,)
@@ -81,8 +81,8 @@ def test_snapshot_has_what_a_plot_needs(victim, mnist, cifar_probe):
     assert s["history"][0]["kl_test"] == pytest.approx(0, abs=1e-9)
 
 
-def test_non_finite_loss_stops_with_a_message(victim, mnist, cifar_probe):
-    t = make(victim, mnist, cifar_probe)
+def test_non_finite_loss_stops_with_a_message(victim, mnist_small, cifar_probe):
+    t = make(victim, mnist_small, cifar_probe)
     with torch.no_grad():
         next(t.model.body.parameters()).fill_(float("nan"))
     with pytest.raises(TrainingDiverged, match="lower the learning rates"):
