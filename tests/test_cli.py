@@ -130,3 +130,30 @@ def test_divergence_keeps_the_last_good_epoch(tmp_path, capsys, small_data_dir, 
     assert json.loads((out / "status.json").read_text())["status"] == "failed"
     assert load_model(out / "model.pt").info["epochs_done"] == 1
     assert not (out / "metrics.json").exists()
+
+
+def test_interrupted_run_resumes_to_the_end(tmp_path, capsys, small_data_dir, monkeypatch):
+    from core import advft
+
+    real_step = advft.AdvFT.step
+    calls = {"n": 0}
+
+    def interrupt_in_epoch_two(self):
+        calls["n"] += 1
+        if self.epoch == 1 and self.f_done == 1:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    out = tmp_path / "run"
+    args = ["advft", "--victim", MNIST_VICTIM, "--epochs", "2", "--ig", "1", "--if", "2", "--batch-size", "16",
+            "--out", out, "--data-dir", small_data_dir]
+    monkeypatch.setattr(advft.AdvFT, "step", interrupt_in_epoch_two)
+    code, _, err = run(capsys, *args)
+    assert code == 130
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "stopped" and "--resume" in status["message"]
+    monkeypatch.setattr(advft.AdvFT, "step", real_step)
+    code, stdout, err = run(capsys, "advft", "--resume", "--out", out, "--data-dir", small_data_dir)
+    assert code == 0, err
+    assert json.loads(stdout)["epochs_done"] == 2
+    assert [h["epoch"] for h in map(json.loads, (out / "history.jsonl").read_text().splitlines())] == [0, 1, 2]

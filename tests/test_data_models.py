@@ -109,3 +109,17 @@ def test_committed_victim_is_accurate(victim, mnist):
     acc = accuracy(outputs(victim, mnist.x_test)[1], mnist.y_test)
     assert acc >= 0.99
     assert acc == pytest.approx(victim.info["test_accuracy"], abs=1e-6)
+
+
+def test_torchvision_folder_is_read_when_there_is_no_npz(tmp_path, mnist):
+    """Source 2 of the data-dir order: torchvision's own MNIST folder (raw idx files)."""
+    import struct
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for split, x, y in (("train", mnist.x_train[:500], mnist.y_train[:500]), ("t10k", mnist.x_test[:200], mnist.y_test[:200])):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 2051, len(x), 28, 28) + x.numpy().tobytes())
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, len(y)) + y.numpy().astype(np.uint8).tobytes())
+    ds = load_dataset("mnist", tmp_path, download=False)
+    assert "torchvision" in ds.source and ds.x_train.shape == (500, 1, 28, 28)
+    assert torch.equal(ds.x_test, mnist.x_test[:200]) and torch.equal(ds.y_train, mnist.y_train[:500])
