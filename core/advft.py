@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .data import OOD_SOURCES, Dataset, ImageSet, stratified_indices, to_float
-from .metrics import Evaluator, outputs
+from .metrics import Evaluator, kl_divergence, outputs
 
 EPS = 1e-6
 DISTANCES = ("l2", "l2sq")
@@ -320,7 +320,6 @@ class AdvFT:
         out = dict(self.history[-1])
         _, l_ref = outputs(self.reference, self.data.x_train, self.device)
         _, l_new = outputs(self.model, self.data.x_train, self.device)
-        from .metrics import kl_divergence
         out["kl_train"] = kl_divergence(l_ref, l_new)
         out["epochs_done"] = self.epoch
         return out

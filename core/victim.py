@@ -6,7 +6,6 @@ plane), so small random translations are used as augmentation by default; they c
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -73,8 +72,3 @@ def train_victim(data: Dataset, config: VictimConfig, device: torch.device | str
 def victim_name(dataset: str, arch: str) -> str:
     return f"{dataset}_{arch}"
 
-
-def timed_train(data: Dataset, config: VictimConfig, device, progress=None):
-    t0 = time.perf_counter()
-    model, acc = train_victim(data, config, device, progress)
-    return model, acc, time.perf_counter() - t0
