@@ -1,0 +1,304 @@
+"""Figure builders: snapshots and histories in, Plotly figures out. No Streamlit here.
+
+One colour language (assets/style/theme.json) for every figure: ID points by class (circles), OOD
+points in one colour (crosses), generator samples in one colour (stars), M_R and M_F each in their
+own colour. The 'presentation' style swaps in a white background, large fonts, thick markers and
+colour-blind-safe colours (Okabe-Ito), for slides.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+STYLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "style"
+HEADROOM = 0.25  # fixed axes: M_R's extent plus this fraction on every side
+
+
+@functools.lru_cache(maxsize=None)
+def _themes() -> dict:
+    return json.loads((STYLE_DIR / "theme.json").read_text())
+
+
+def theme(style: str) -> dict:
+    t = dict(_themes()[style])
+    t["markers"] = _themes()["markers"]
+    return t
+
+
+def _layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
+    t = theme(style)
+    fig.update_layout(
+        template="plotly_white", height=height, font=dict(size=t["font_size"]),
+        paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(itemsizing="constant"), **extra)
+    fig.update_xaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
+    fig.update_yaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
+    if style == "presentation":
+        fig.update_annotations(font_size=t["font_size"] + 2)
+    return fig
+
+
+# ---------------------------------------------------------------- projection of wide features
+
+
+class Projection:
+    """Penultimate features -> 2-D, fitted ONCE on M_R's ID probe features and reused for every
+    epoch, so that a moving point means moving features, not a moving projection."""
+
+    def __init__(self, ref_features, kind: str = "pca", seed: int = 0):
+        x = np.asarray(ref_features, dtype=np.float64)
+        self.dim = x.shape[1]
+        self.kind = "identity" if self.dim == 2 else kind
+        if self.kind == "pca":
+            self.mean = x.mean(0)
+            _, s, vt = np.linalg.svd(x - self.mean, full_matrices=False)
+            self.components = vt[:2]
+            self.explained = float((s[:2] ** 2).sum() / max((s ** 2).sum(), 1e-12))
+        elif self.kind == "umap":
+            # Imported only when asked: the import and first fit take tens of seconds (numba JIT).
+            os.environ.setdefault("NUMBA_CACHE_DIR", str(Path.cwd() / ".numba-cache"))
+            import umap
+
+            self.reducer = umap.UMAP(n_components=2, random_state=seed).fit(x)
+        elif self.kind != "identity":
+            raise ValueError(f"unknown projection '{kind}'")
+
+    @property
+    def label(self) -> str:
+        if self.kind == "identity":
+            return "the 2-D penultimate features themselves"
+        if self.kind == "pca":
+            return (f"PCA of the {self.dim}-D features, fitted on M_R's ID probe features "
+                    f"({100 * self.explained:.0f}% of their variance)")
+        return f"UMAP of the {self.dim}-D features, fitted on M_R's ID probe features (transform for the rest)"
+
+    def __call__(self, features) -> np.ndarray:
+        x = np.asarray(features, dtype=np.float64)
+        if self.kind == "identity":
+            return x
+        if self.kind == "pca":
+            return (x - self.mean) @ self.components.T
+        return self.reducer.transform(x)
+
+    def directions(self, head) -> np.ndarray | None:
+        """Class directions (rows of the frozen head) in the plot plane; None when non-linear."""
+        w = np.asarray(head, dtype=np.float64)
+        if self.kind == "identity":
+            return w
+        if self.kind == "pca":
+            return w @ self.components.T  # a direction has no offset: project without the mean
+        return None
+
+
+# ---------------------------------------------------------------- fixed axes
+
+
+@dataclass
+class Ranges:
+    """Square axis ranges shared by every panel; they only ever grow, and remember when they did."""
+
+    x: tuple[float, float]
+    y: tuple[float, float]
+    extended_at: list | None = None
+
+    @classmethod
+    def around(cls, *point_sets: np.ndarray) -> "Ranges":
+        pts = np.concatenate([p for p in point_sets if len(p)])
+        lo, hi = pts.min(0), pts.max(0)
+        centre, half = (lo + hi) / 2, (hi - lo).max() / 2 * (1 + HEADROOM) + 1e-6
+        return cls((centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half), [])
+
+    def extend(self, label, *point_sets: np.ndarray) -> bool:
+        pts = np.concatenate([p for p in point_sets if len(p)])
+        lo, hi = pts.min(0), pts.max(0)
+        if lo[0] >= self.x[0] and hi[0] <= self.x[1] and lo[1] >= self.y[0] and hi[1] <= self.y[1]:
+            return False
+        grown = Ranges.around(np.array([[self.x[0], self.y[0]], [self.x[1], self.y[1]]]), pts)
+        self.x, self.y = grown.x, grown.y
+        self.extended_at.append(label)
+        return True
+
+
+# ---------------------------------------------------------------- Fig. 5
+
+
+def _np(t) -> np.ndarray:
+    return t.numpy() if hasattr(t, "numpy") else np.asarray(t)
+
+
+@dataclass
+class Points:
+    """One panel's projected points: ID (with labels), OOD, generator samples, class directions."""
+
+    id: np.ndarray
+    labels: np.ndarray
+    ood: np.ndarray
+    gen: np.ndarray
+    rays: np.ndarray | None
+
+
+def panel_points(snapshot: dict, proj: Projection, which: str) -> Points:
+    """which: 'ref' (M_R, before) or 'now' (M_F at the snapshot's epoch)."""
+    return Points(proj(_np(snapshot[f"id_{which}"])), _np(snapshot["id_labels"]),
+                  proj(_np(snapshot[f"ood_{which}"])), proj(_np(snapshot[f"gen_{which}"])),
+                  proj.directions(_np(snapshot["head"])))
+
+
+def _add_points(fig, p: Points, row: int, col: int, style: str, classes, ranges: Ranges, legend: bool) -> None:
+    t = theme(style)
+    size, mk = t["marker_size"], t["markers"]
+    if p.rays is not None:
+        reach = max(abs(v) for v in (*ranges.x, *ranges.y)) * 1.5
+        for c, w in enumerate(p.rays):
+            end = w / (np.linalg.norm(w) + 1e-12) * reach
+            fig.add_trace(go.Scatter(x=[0, end[0]], y=[0, end[1]], mode="lines", hoverinfo="skip",
+                                     line=dict(color=t["classes"][c % 10], width=max(1, t["line_width"] - 1),
+                                               dash="dot"),
+                                     legendgroup=f"class{c}", showlegend=False), row=row, col=col)
+    for c, name in enumerate(classes):
+        sel = p.labels == c
+        fig.add_trace(go.Scatter(x=p.id[sel, 0], y=p.id[sel, 1], mode="markers", name=f"ID {name}",
+                                 legendgroup=f"class{c}", showlegend=legend,
+                                 marker=dict(color=t["classes"][c % 10], size=size, symbol=mk["id"], opacity=0.8)),
+                      row=row, col=col)
+    fig.add_trace(go.Scatter(x=p.ood[:, 0], y=p.ood[:, 1], mode="markers", name="OOD", legendgroup="ood",
+                             showlegend=legend,
+                             marker=dict(color=t["roles"]["ood"], size=size, symbol=mk["ood"], opacity=0.55)),
+                  row=row, col=col)
+    fig.add_trace(go.Scatter(x=p.gen[:, 0], y=p.gen[:, 1], mode="markers", name="G(z)", legendgroup="gen",
+                             showlegend=legend,
+                             marker=dict(color=t["roles"]["generator"], size=size * 2.4, symbol=mk["generator"],
+                                         line=dict(color="white", width=1))),
+                  row=row, col=col)
+
+
+def _square_axes(fig, ranges: Ranges, n: int) -> None:
+    for i in range(1, n + 1):
+        suffix = "" if i == 1 else str(i)
+        fig.update_layout(**{f"xaxis{suffix}": dict(range=list(ranges.x), constrain="domain"),
+                             f"yaxis{suffix}": dict(range=list(ranges.y), scaleanchor=f"x{suffix}",
+                                                    scaleratio=1, constrain="domain")})
+
+
+def fig5_panels(snapshot: dict, proj: Projection, ranges: Ranges, classes, style: str = "screen",
+                now_title: str | None = None, height: int = 480) -> go.Figure:
+    """M_R (before) | M_F (now): the paper's Fig. 5, same fixed axes on both sides."""
+    t = theme(style)
+    now_title = now_title or f"M_F, epoch {snapshot['epoch']}"
+    fig = make_subplots(1, 2, subplot_titles=("M_R (before AdvFT)", now_title), horizontal_spacing=0.06)
+    _add_points(fig, panel_points(snapshot, proj, "ref"), 1, 1, style, classes, ranges, legend=True)
+    _add_points(fig, panel_points(snapshot, proj, "now"), 1, 2, style, classes, ranges, legend=False)
+    _square_axes(fig, ranges, 2)
+    fig.layout.annotations[0].font.color = t["roles"]["m_r"]
+    fig.layout.annotations[1].font.color = t["roles"]["m_f"]
+    return _layout(fig, style, height, uirevision="fig5")
+
+
+def small_multiples(snapshots: list[tuple[int, dict]], proj: Projection, ranges: Ranges, classes,
+                    style: str = "screen", height: int = 330) -> go.Figure:
+    """M_F at a few epochs (e.g. first / middle / last), same axes: a strip for slides."""
+    fig = make_subplots(1, len(snapshots), subplot_titles=[f"epoch {e}" for e, _ in snapshots],
+                        horizontal_spacing=0.03)
+    for i, (_, snap) in enumerate(snapshots, start=1):
+        _add_points(fig, panel_points(snap, proj, "now"), 1, i, style, classes, ranges, legend=(i == 1))
+    _square_axes(fig, ranges, len(snapshots))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return _layout(fig, style, height, showlegend=False)
+
+
+# ---------------------------------------------------------------- generator samples
+
+
+def gen_grid(images, style: str = "screen", cols: int = 4, height: int = 330) -> go.Figure:
+    """The generator's current samples G(z) for a fixed z, as one tiled image."""
+    x = _np(images)  # uint8 (n, C, H, W)
+    n, c, h, w = x.shape
+    rows = -(-n // cols)
+    pad = 2
+    tile = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        img = x[i].transpose(1, 2, 0)
+        tile[pad + r * (h + pad):pad + r * (h + pad) + h, pad + k * (w + pad):pad + k * (w + pad) + w] = \
+            np.repeat(img, 3, axis=2) if c == 1 else img
+    fig = go.Figure(go.Image(z=tile, hoverinfo="skip"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, style, height, margin=dict(l=0, r=0, t=10, b=0))
+
+
+# ---------------------------------------------------------------- curves
+
+
+CURVES = (  # (history key, title, log scale, role colour)
+    ("l_g", "L_G (generator)", False, "generator"),
+    ("l_f1", "L_F1 (margin hinge)", False, "m_f"),
+    ("l_f2", "L_F2 (ID feature drift)", False, "m_f"),
+    ("acc_after", "Acc (test)", False, "m_f"),
+    ("kl_test", "KL_test (log)", True, "m_f"),
+    ("ood_agreement", "OOD top-1 agreement", False, "ood"),
+)
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def curves(histories: dict[str, list[dict]], style: str = "screen", height: int = 460) -> go.Figure:
+    """Per-epoch curves; several runs (name -> history) are overlaid, told apart by line dash."""
+    t = theme(style)
+    fig = make_subplots(2, 3, subplot_titles=[c[1] for c in CURVES], vertical_spacing=0.16, horizontal_spacing=0.07)
+    for k, (name, history) in enumerate(histories.items()):
+        dash = DASHES[k % len(DASHES)]
+        for i, (key, title, log, role) in enumerate(CURVES):
+            pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None and not (log and h[key] <= 0)]
+            row, col = divmod(i, 3)
+            fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                     name=name, legendgroup=name, showlegend=(i == 0 and len(histories) > 1),
+                                     line=dict(color=t["roles"][role], width=t["line_width"], dash=dash),
+                                     marker=dict(size=t["marker_size"] + 1)), row=row + 1, col=col + 1)
+            if key == "acc_after" and k == 0 and history:
+                fig.add_hline(y=history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
+                              annotation_text="M_R", row=row + 1, col=col + 1)
+            if log:
+                fig.update_yaxes(type="log", row=row + 1, col=col + 1)
+    fig.update_xaxes(title_text="epoch", row=2)
+    return _layout(fig, style, height, uirevision="curves")
+
+
+# ---------------------------------------------------------------- export
+
+
+def chart_config(fmt: str, width: int, height: int, scale: float, filename: str) -> dict:
+    """Plotly's own toolbar camera: client-side PNG or SVG, needs nothing on the server."""
+    return {"displaylogo": False,
+            "toImageButtonOptions": {"format": fmt, "width": width, "height": height, "scale": scale,
+                                     "filename": filename}}
+
+
+def static_export_status() -> tuple[bool, str]:
+    """Whether the server can render PNG/SVG itself (Kaleido 1.x driving a Chromium)."""
+    if importlib.util.find_spec("kaleido") is None:
+        return False, ("server-side export needs the 'kaleido' package (pip install 'kaleido>=1,<2') and a "
+                       "Chromium; the chart toolbar's camera works without either")
+    browser = os.environ.get("BROWSER_PATH") or shutil.which("chromium") or shutil.which("google-chrome")
+    if not browser:
+        return False, "server-side export needs a Chromium/Chrome for Kaleido (set BROWSER_PATH); none found"
+    return True, f"Kaleido with {browser}"
+
+
+def render_static(fig: go.Figure, fmt: str, width: int, height: int, scale: float) -> bytes:
+    ok, why = static_export_status()
+    if not ok:
+        raise RuntimeError(why)
+    if not os.environ.get("BROWSER_PATH"):
+        os.environ["BROWSER_PATH"] = shutil.which("chromium") or shutil.which("google-chrome")
+    return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)

@@ -1,0 +1,174 @@
+"""All UI state of the app as ONE typed object, serialised to and from the URL (like TF Playground's state.ts).
+
+A lecturer bookmarks a configuration: every AdvFT knob, the preset, the victim, the selected epoch,
+the reopened run and the view options live in the query string. Reading a URL never fails: a
+value that does not parse or is out of range is reported as a warning and replaced by the default.
+Range checks are core's own (AdvFTConfig.validate), not a copy of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Mapping
+
+from core.advft import DISTANCES, FAKE_REDUCTIONS, PRESETS, AdvFTConfig, ConfigError, preset_config
+from core.pipeline import VICTIMS_DIR, victim_path
+
+
+@dataclass(frozen=True)
+class UIPreset:
+    label: str
+    core_preset: str   # which core.advft.PRESETS entry gives the AdvFT settings
+    victim: str        # committed victim name under assets/victims
+
+
+# The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer, MNIST) is not committed: it is
+# offered only when its checkpoint exists, with the lecture preset's fast AdvFT settings.
+FIG5_VICTIM = "mnist_resnet18_2d"
+FIG5_COMMAND = ("python -m core train-victim --dataset mnist --arch resnet18_2d --epochs 10 --seed 0 "
+                "--out assets/victims")
+UI_PRESETS: dict[str, UIPreset] = {
+    "lecture": UIPreset("lecture demo, CPU", "lecture", PRESETS["lecture"]["victim"]),
+    "offline": UIPreset("offline demo", "offline", PRESETS["offline"]["victim"]),
+    "paper": UIPreset("paper settings", "paper", PRESETS["paper"]["victim"]),
+    "fig5": UIPreset("Fig. 5 of the paper", "lecture", FIG5_VICTIM),
+}
+VIEWS = ("full", "simple")        # simple: the teacher-friendly view without the advanced knobs
+STYLES = ("screen", "presentation")
+PROJECTIONS = ("pca", "umap")     # for penultimate layers wider than 2-D
+ADVANCED = ("i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce")  # hidden in the simple view
+
+# AdvFT knobs the page exposes, in display order; everything else keeps the preset's value.
+KNOBS = ("margin", "epochs", "i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce", "seed")
+CHOICES = {"distance": DISTANCES, "fake_reduce": FAKE_REDUCTIONS, "view": VIEWS, "style": STYLES,
+           "proj": PROJECTIONS}
+
+
+def committed_victims() -> list[str]:
+    """Victim names with a checkpoint under assets/victims (the Fig. 5 one appears once trained)."""
+    return sorted(p.stem for p in VICTIMS_DIR.glob("*.pt"))
+
+
+def preset_available(name: str) -> bool:
+    return victim_path(UI_PRESETS[name].victim).is_file()
+
+
+@dataclass(frozen=True)
+class UIState:
+    preset: str = "lecture"
+    victim: str = PRESETS["lecture"]["victim"]
+    margin: float = AdvFTConfig.margin
+    epochs: int = AdvFTConfig.epochs
+    i_g: int = AdvFTConfig.i_g
+    i_f: int = AdvFTConfig.i_f
+    lr_g: float = AdvFTConfig.lr_g
+    lr_f: float = AdvFTConfig.lr_f
+    distance: str = AdvFTConfig.distance
+    fake_reduce: str = AdvFTConfig.fake_reduce
+    seed: int = AdvFTConfig.seed
+    epoch: int | None = None      # the timeline's selected epoch (None: the latest / live)
+    run: str | None = None        # a reopened run folder's name under the runs dir
+    view: str = "full"
+    style: str = "screen"
+    proj: str = "pca"
+
+    # ------------------------------------------------------------ presets and the engine's config
+    @classmethod
+    def from_preset(cls, name: str, **keep) -> "UIState":
+        p = UI_PRESETS[name]
+        cfg = preset_config(p.core_preset)
+        return cls(preset=name, victim=p.victim, **{k: getattr(cfg, k) for k in KNOBS}, **keep)
+
+    def config(self) -> AdvFTConfig:
+        """The engine's config: the preset's, with this state's knobs. Not validated here."""
+        return preset_config(UI_PRESETS[self.preset].core_preset, **{k: getattr(self, k) for k in KNOBS})
+
+    def knobs_differ_from_preset(self) -> list[str]:
+        base = UIState.from_preset(self.preset)
+        return [k for k in KNOBS + ("victim",) if getattr(self, k) != getattr(base, k)]
+
+    # ------------------------------------------------------------ URL
+    def to_query(self) -> dict[str, str]:
+        """Every knob always (a bookmark must not depend on defaults that may change); options when set."""
+        q = {"preset": self.preset, "victim": self.victim}
+        q.update({k: _fmt(getattr(self, k)) for k in KNOBS})
+        for k in ("view", "style", "proj"):
+            if getattr(self, k) != getattr(UIState, k):
+                q[k] = getattr(self, k)
+        if self.epoch is not None:
+            q["epoch"] = str(self.epoch)
+        if self.run:
+            q["run"] = self.run
+        return q
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> tuple["UIState", list[str]]:
+        """(state, warnings). Never raises: bad values are reported and replaced by defaults."""
+        warnings: list[str] = []
+        q = {k: (v[-1] if isinstance(v, (list, tuple)) else v) for k, v in dict(query).items()}
+        preset = q.get("preset", "lecture")
+        if preset not in UI_PRESETS:
+            warnings.append(f"preset '{preset}' is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
+            preset = "lecture"
+        state = cls.from_preset(preset)
+        changes: dict = {}
+
+        victim = q.get("victim")
+        if victim is not None:
+            if victim in committed_victims():
+                changes["victim"] = victim
+            else:
+                warnings.append(f"victim '{victim}' is not a committed victim ({', '.join(committed_victims())}); "
+                                f"using '{state.victim}'")
+        for name in KNOBS:
+            if name not in q:
+                continue
+            try:
+                value = _parse(name, q[name])
+                replace(state.config(), **{name: value}).validate()  # core's own range check
+                changes[name] = value
+            except (ValueError, ConfigError) as e:
+                warnings.append(f"URL value {name}={q[name]!r} ignored ({e}); using {getattr(state, name)}")
+        for name in ("view", "style", "proj"):
+            if name in q:
+                if q[name] in CHOICES[name]:
+                    changes[name] = q[name]
+                else:
+                    warnings.append(f"URL value {name}={q[name]!r} ignored; choose one of {', '.join(CHOICES[name])}")
+        if "epoch" in q:
+            try:
+                changes["epoch"] = _nonneg_int(q["epoch"])
+            except ValueError as e:
+                warnings.append(f"URL value epoch={q['epoch']!r} ignored ({e})")
+        if q.get("run"):
+            if _safe_run_name(q["run"]):
+                changes["run"] = q["run"]
+            else:
+                warnings.append(f"URL value run={q['run']!r} ignored (not a run folder name)")
+        return replace(state, **changes), warnings
+
+
+def _fmt(v) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _nonneg_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise ValueError("must be >= 0")
+    return v
+
+
+def _parse(name: str, text: str):
+    kind = {f.name: f.type for f in fields(UIState)}[name]
+    if name in CHOICES:
+        return text  # validate() names the allowed values
+    if kind == "int":
+        return int(text)
+    return float(text)
+
+
+def _safe_run_name(name: str) -> bool:
+    """A plain folder name: no path separators or parent references can sneak out of the runs dir."""
+    return bool(name) and Path(name).name == name and name not in (".", "..")
