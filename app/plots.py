@@ -37,10 +37,10 @@ def theme(style: str) -> dict:
 
 def _layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
     t = theme(style)
+    extra.setdefault("margin", dict(l=10, r=10, t=50, b=10))
     fig.update_layout(
         template="plotly_white", height=height, font=dict(size=t["font_size"]),
-        paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], margin=dict(l=10, r=10, t=50, b=10),
-        legend=dict(itemsizing="constant"), **extra)
+        paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], legend=dict(itemsizing="constant"), **extra)
     fig.update_xaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
     fig.update_yaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
     if style == "presentation":

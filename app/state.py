@@ -154,7 +154,10 @@ def _fmt(v) -> str:
 
 
 def _nonneg_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError("expected an integer") from None
     if v < 0:
         raise ValueError("must be >= 0")
     return v
@@ -164,9 +167,10 @@ def _parse(name: str, text: str):
     kind = {f.name: f.type for f in fields(UIState)}[name]
     if name in CHOICES:
         return text  # validate() names the allowed values
-    if kind == "int":
-        return int(text)
-    return float(text)
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise ValueError(f"expected {'an integer' if kind == 'int' else 'a number'}") from None
 
 
 def _safe_run_name(name: str) -> bool:

@@ -1,0 +1,435 @@
+"""Defend: watch AdvFT pull OOD features away while ID features stay put (the paper's Fig. 5, live).
+
+The controller of the main page. It wires
+    the session's UIState (app/state.py, mirrored in the URL)   -> the sidebar controls,
+    the session's Job (app/jobs.py, a background thread)        <- the transport buttons,
+    the job's published snapshots or a run folder's saved ones  -> the figures (app/plots.py, app/views.py).
+The live part is one fragment that reruns every 0.5 s only while a job is active.
+Other pages live in app/pages/ and appear in the navigation by being there.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository: `core` and `app` import from here
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from app import plots, views  # noqa: E402
+from app.jobs import Job, JobSlots, JobSpec, SessionJob, default_max_jobs, new_run_dir  # noqa: E402
+from app.state import (ADVANCED, FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, committed_victims,  # noqa: E402
+                       preset_available)
+from core.advft import AdvFTConfig, ConfigError  # noqa: E402
+from core.data import DATASETS  # noqa: E402
+from core.device import describe, pick_device  # noqa: E402
+from core.models import CheckpointError  # noqa: E402
+from core.pipeline import victim_path  # noqa: E402
+from core.runs import RunDir  # noqa: E402
+
+LIVE_REFRESH_S = 0.5
+
+
+# ---------------------------------------------------------------- process- and session-wide objects
+
+
+@st.cache_resource(show_spinner=False)
+def job_slots() -> JobSlots:
+    return JobSlots(default_max_jobs())
+
+
+@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+def session_job() -> SessionJob:
+    return SessionJob()
+
+
+@st.cache_resource(show_spinner=False)
+def device():
+    return pick_device("auto")
+
+
+@st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
+def preview_snapshot(victim: str, data_dir: str, config_json: str) -> dict:
+    """M_R's snapshot before any training (what the panels show before Start). Only the probe
+    features matter here, so the evaluation sets are cut to their minimum: ~1 s instead of ~2 s."""
+    import json
+
+    from core.advft import AdvFTConfig
+    from core.pipeline import load_victim, new_trainer
+
+    config = AdvFTConfig.from_dict(json.loads(config_json))
+    config = replace(config, eval_train_size=10, eval_ood_size=config.probe_size)
+    model, data = load_victim(victim, data_dir, device())
+    return new_trainer(model, data, config, data_dir, device()).snapshot()
+
+
+# ---------------------------------------------------------------- sidebar: the configuration
+
+
+def _sync(field: str) -> None:
+    st.session_state.ui = replace(st.session_state.ui, **{field: st.session_state[f"w_{field}"]})
+
+
+def _apply_preset() -> None:
+    ui = st.session_state.ui
+    _set_widgets(UIState.from_preset(st.session_state.w_preset, view=ui.view, style=ui.style, proj=ui.proj))
+
+
+def _set_widgets(ui: UIState) -> None:
+    """Make `ui` the state and put its values into the widgets (allowed before they are drawn)."""
+    st.session_state.ui = ui
+    for f in ("preset", "victim", *KNOBS):
+        st.session_state[f"w_{f}"] = getattr(ui, f)
+
+
+def _init(field: str, ui: UIState) -> str:
+    key = f"w_{field}"
+    if key not in st.session_state:  # first draw, or the widget was hidden (simple view) last run
+        st.session_state[key] = getattr(ui, field)
+    return key
+
+
+def data_fallback(ui: UIState) -> UIState:
+    """Switch to the offline preset when the victim's dataset is not in the data dir."""
+    try:
+        dataset = views.victim_dataset(str(victim_path(ui.victim)))
+        problem = views.dataset_problem(dataset, str(views.data_dir()))
+    except CheckpointError as e:
+        dataset, problem = None, str(e)
+    if problem is None:
+        st.session_state.pop("data_notice", None)
+        return ui
+    what = DATASETS[dataset].title if dataset else "The victim"
+    st.session_state.data_notice = (f"**{what} is not available here**, so the page switched "
+                                    f"to the *offline demo* preset (real handwritten digits that ship with "
+                                    f"scikit-learn; nothing to download). Details: {problem}")
+    fallback = UIState.from_preset("offline", view=ui.view, style=ui.style, proj=ui.proj)
+    _set_widgets(fallback)
+    return fallback
+
+
+def config_sidebar(ui: UIState, locked: bool) -> None:
+    """The AdvFT settings. `locked` while a job runs (its config is fixed); the URL follows every change."""
+    sb = st.sidebar
+    sb.header("AdvFT settings")
+    offered = [p for p in UI_PRESETS if preset_available(p)]
+    if ui.preset not in offered:
+        _set_widgets(UIState.from_preset("lecture", view=ui.view, style=ui.style, proj=ui.proj))
+    sb.selectbox("Preset", offered, key=_init("preset", ui), format_func=lambda p: UI_PRESETS[p].label,
+                 on_change=_apply_preset, disabled=locked)
+    if "fig5" not in offered:
+        sb.button("Fig. 5 of the paper (victim not trained yet)", disabled=True, width="stretch",
+                  help="The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer on MNIST) is not "
+                       "committed. Train it once with the command below, then reload.")
+        sb.code(FIG5_COMMAND, language="bash", wrap_lines=True)
+    victims = committed_victims()
+    sb.selectbox("Dataset · architecture (victim M_R)", victims, key=_init("victim", ui),
+                 format_func=lambda v: v.replace("_", " · ", 1), on_change=_sync, args=("victim",), disabled=locked)
+    c1, c2 = sb.columns(2)
+    c1.number_input("Margin m", key=_init("margin", ui), step=1.0, format="%g", on_change=_sync, args=("margin",),
+                    disabled=locked, help="Eq. (2): how far OOD features must move beyond ID drift, in feature units")
+    c2.number_input("Epochs N", key=_init("epochs", ui), step=1, on_change=_sync, args=("epochs",), disabled=locked)
+    sb.number_input("Seed", key=_init("seed", ui), step=1, on_change=_sync, args=("seed",), disabled=locked)
+    if ui.view == "full":
+        with sb.expander("Advanced (Algorithm 1)", expanded=False):
+            a, b = st.columns(2)
+            a.number_input("I_G (G steps/epoch)", key=_init("i_g", ui), step=10, on_change=_sync, args=("i_g",),
+                           disabled=locked)
+            b.number_input("I_F (M_F steps/epoch)", key=_init("i_f", ui), step=10, on_change=_sync, args=("i_f",),
+                           disabled=locked)
+            a.number_input("lr G", key=_init("lr_g", ui), step=1e-4, format="%.1e", on_change=_sync,
+                           args=("lr_g",), disabled=locked)
+            b.number_input("lr F", key=_init("lr_f", ui), step=1e-4, format="%.1e", on_change=_sync,
+                           args=("lr_f",), disabled=locked)
+            a.selectbox("Distance", ("l2", "l2sq"), key=_init("distance", ui), on_change=_sync,
+                        args=("distance",), disabled=locked, help="l2: the authors' code; l2sq: the paper's equations")
+            b.selectbox("Fake reduction", ("mean", "median"), key=_init("fake_reduce", ui), on_change=_sync,
+                        args=("fake_reduce",), disabled=locked, help="over the generated batch in L_F1")
+    simple = sb.toggle("Simple view (for teaching)", value=ui.view == "simple", key="w_view",
+                       help="Hides I_G, I_F, learning rates, distance and reduction")
+    st.session_state.ui = replace(st.session_state.ui, view="simple" if simple else "full")
+
+
+# ---------------------------------------------------------------- actions (button callbacks)
+
+
+def start(ui: UIState) -> None:
+    cfg = ui.config().validate()
+    spec = JobSpec(str(victim_path(ui.victim)), cfg, new_run_dir(views.runs_dir(), ui.preset, cfg), ui.preset,
+                   str(views.data_dir()), str(device()))
+    session_job().replace(Job(spec, job_slots()).start())
+    st.session_state.ui = replace(ui, run=spec.run_dir.name, epoch=None)
+
+
+def resume(run: RunDir) -> None:
+    saved = run.config()
+    spec = JobSpec(saved.get("victim", ""), AdvFTConfig.from_dict(saved.get("advft", {})), run.path,
+                   saved.get("preset"), str(views.data_dir()), str(device()), resume=True)
+    session_job().replace(Job(spec, job_slots()).start())
+    st.session_state.ui = replace(st.session_state.ui, run=run.name, epoch=None)
+
+
+def reset() -> None:
+    session_job().replace(None)
+    st.session_state.ui = replace(st.session_state.ui, run=None, epoch=None)
+    st.session_state.pop("axes", None)
+
+
+def _job_for(ui: UIState) -> Job | None:
+    job = session_job().job
+    return job if job is not None and ui.run == job.spec.run_dir.name else None
+
+
+# ---------------------------------------------------------------- the live area
+
+
+def axes_for(key: str, snapshot: dict, kind: str, seed: int) -> tuple[plots.Projection, plots.Ranges]:
+    """Projection and fixed ranges, made once per run (or preview) from M_R's features, then kept."""
+    cached = st.session_state.get("axes")
+    if cached is None or cached[0] != (key, kind):
+        wide = snapshot["id_ref"].shape[1] > 2
+        if wide and kind == "umap":
+            with st.spinner("Fitting UMAP on M_R's features (the first time compiles numba code: ~30 s)…"):
+                proj = plots.Projection(snapshot["id_ref"], "umap", seed)
+        else:
+            proj = plots.Projection(snapshot["id_ref"], "pca", seed)
+        pts = plots.panel_points(snapshot, proj, "ref")
+        cached = ((key, kind), proj, plots.Ranges.around(pts.id, pts.ood, pts.gen))
+        st.session_state.axes = cached
+    return cached[1], cached[2]
+
+
+def status_line(view) -> None:
+    chips = {"queued": "#888", "preparing": "#888", "running": "#2e7d32", "paused": "#f9a825",
+             "finished": "#1565c0", "stopped": "#6d4c41", "failed": "#c62828"}
+    state = view.state
+    text = f"<span class='advft-chip' style='background:{chips.get(state, '#888')}'>{state}</span>"
+    if state == "queued":
+        text += f"waiting for a free training slot: <b>place {view.place or '?'} in line</b> " \
+                f"(at most {job_slots().capacity} run at once on this machine)"
+    else:
+        text += (f"epoch <b>{view.epoch}</b> of {view.epochs} · phase {view.phase} "
+                 f"(G {view.g_done}, F {view.f_done}) · {view.device or describe(device())} · run {view.run_name}")
+        if view.manual_steps:
+            text += f" · {view.manual_steps} manual G/F steps"
+    st.html(f"<div class='advft-status' data-testid='advft-status' data-state='{state}'>{text}</div>")
+    if view.message and state in ("failed", "stopped"):
+        (st.error if state == "failed" else st.info)(view.message)
+    elif view.message:
+        st.caption(view.message)
+
+
+def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
+    """Start / play-pause / step (Algorithm 1) / step G / step F / step epoch / slow motion / reset."""
+    v = job.view() if job else None
+    active = bool(v and v.active)
+    cols = st.columns([1.2, 1, 1, 1, 1, 1.2, 1.3, 1])
+    if not active:
+        cols[0].button("Start", type="primary", icon=":material/play_arrow:", on_click=start, args=(ui,),
+                       disabled=config_error is not None, key="t_start", width="stretch")
+    elif v.state == "paused":
+        cols[0].button("Play", type="primary", icon=":material/play_arrow:", on_click=job.play, key="t_play",
+                       width="stretch")
+    else:
+        cols[0].button("Pause", icon=":material/pause:", on_click=job.pause, key="t_pause", width="stretch",
+                       disabled=v.state in ("queued", "preparing"))
+    can_step = active and v.state in ("running", "paused")
+    next_kind = "G" if v and v.phase == "G" else "F"
+    cols[1].button(f"Step ({next_kind})" if can_step else "Step", on_click=job.step if job else None,
+                   args=("step",), disabled=not can_step, key="t_step", width="stretch",
+                   help="The next step of Algorithm 1 (a G step while I_G steps remain in this epoch, then F)")
+    cols[2].button("G +1", on_click=job.step if job else None, args=("g",), disabled=not can_step, key="t_g",
+                   width="stretch", help="One extra generator update outside the schedule (GAN Lab's 'step G')")
+    cols[3].button("F +1", on_click=job.step if job else None, args=("f",), disabled=not can_step, key="t_f",
+                   width="stretch", help="One extra M_F update outside the schedule")
+    cols[4].button("Epoch", on_click=job.step if job else None, args=("epoch",), disabled=not can_step,
+                   key="t_epoch", width="stretch", help="Run to the end of this epoch, then pause")
+    slow = cols[5].toggle("Slow motion", value=bool(v and v.slow), key="t_slow", disabled=not active,
+                          help="Publish every step and wait 0.25 s after it, to watch single steps")
+    if job and active and slow != v.slow:
+        job.set_slow_motion(slow)
+    run = RunDir(views.runs_dir() / ui.run) if ui.run else None
+    if not active and run is not None and run.status().get("status") in ("stopped", "failed") \
+            and (run.path / "state.pt").is_file():
+        cols[6].button("Resume run", on_click=resume, args=(run,), key="t_resume", width="stretch",
+                       help="Continue this run from its last finished epoch")
+    cols[7].button("Reset", on_click=reset, key="t_reset", width="stretch",
+                   help="Stop (the run folder keeps every finished epoch) and go back to M_R")
+
+
+def pick_epoch(ui: UIState, epochs: list[int], live: bool):
+    """The timeline: scrub back through the saved epoch snapshots. Returns an epoch or 'live'."""
+    options = list(epochs) + (["live"] if live else [])
+    if not options:
+        return "live" if live else None
+    current = ui.epoch if ui.epoch in epochs else options[-1]
+    if len(options) == 1:
+        return options[0]
+    choice = st.select_slider("Timeline (saved epochs)", options, value=current, key=f"timeline_{ui.run}",
+                              format_func=lambda o: "live" if o == "live" else f"epoch {o}")
+    new_epoch = None if choice == "live" or (not live and choice == epochs[-1]) else choice
+    if new_epoch != ui.epoch:
+        views.set_ui_state(replace(ui, epoch=new_epoch))
+    return choice
+
+
+def live_area(export: views.Export, config_error: str | None, was_active: bool) -> None:
+    ui = st.session_state.ui  # fresh: buttons in here change it between fragment reruns
+    job = _job_for(ui)
+    v = job.view() if job else None
+    if bool(v and v.active) != was_active:
+        st.rerun()  # the job started or ended: redraw the whole page (controls, refresh rate)
+    transport(job, ui, config_error)
+    run = RunDir(views.runs_dir() / ui.run) if ui.run else None
+    if v is not None:
+        status_line(v)
+    elif run is not None:
+        st.caption(f"Reopened run **{run.name}** · status: {run.status().get('status', 'unknown')} · "
+                   f"{run.status().get('message', '')}")
+
+    # Which snapshot to draw: live, a saved epoch, or M_R before any training (preview).
+    try:
+        epochs = views.snapshot_epochs(run) if run else []
+        if run is not None and v is None and not run.path.is_dir():
+            raise views.RunProblem(f"run '{run.name}' no longer exists under {run.path.parent}")
+        choice = pick_epoch(ui, epochs, live=bool(v and v.snapshot is not None and v.active))
+        if choice == "live" or (v is not None and choice is None):
+            snapshot = v.snapshot if v else None
+            history = snapshot["history"] if snapshot else []
+        elif choice is not None:
+            snapshot = views.read_snapshot(run, choice)
+            history = views.read_history(run)
+        else:
+            snapshot, history = None, []
+    except views.RunProblem as e:
+        st.error(f"{e}. Other runs are not affected; press Reset to start afresh.")
+        return
+    if snapshot is None:
+        if v is not None and v.state in ("queued", "preparing"):
+            st.info("Preparing… the panels appear as soon as M_R is scored." if v.state == "preparing"
+                    else "Waiting in the queue; the panels appear when this job starts.")
+            return
+        try:
+            snapshot = preview_snapshot(str(victim_path(ui.victim)), str(views.data_dir()), _config_json(ui))
+        except Exception as e:  # a checkpoint or dataset that does not load: say so, keep the page
+            st.error(f"Could not score the victim M_R: {e}")
+            return
+        history = snapshot["history"]
+    draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
+
+
+def _config_json(ui: UIState) -> str:
+    import json
+    from dataclasses import asdict
+
+    return json.dumps(asdict(ui.config()), sort_keys=True)
+
+
+def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
+         name: str, live: bool) -> None:
+    classes = DATASETS[views.victim_dataset(str(victim_path(ui.victim)))].classes
+    proj, ranges = axes_for(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
+    now = plots.panel_points(snapshot, proj, "now")
+    if ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen):
+        st.session_state.axes_note = True
+    fig = plots.fig5_panels(snapshot, proj, ranges, classes, ui.style)
+    st.session_state.last_fig5 = fig
+    views.fig5_view(fig, export, name, key="fig5")
+    note = f"Axes fixed from M_R's features (+{int(plots.HEADROOM * 100)}% headroom)"
+    if ranges.extended_at:
+        note += f"; extended at {', '.join(ranges.extended_at[-3:])} because points left them"
+    st.caption(f"{note}. Plane: {proj.label}. Dotted rays: class directions of the frozen last layer.")
+
+    left, right = st.columns([1, 2.4])
+    with left:
+        st.markdown("**Generator samples G(z)**")
+        views.generator_view(plots.gen_grid(snapshot["gen_images"], ui.style), export, name, key="gen")
+    with right:
+        st.markdown("**Curves**")
+        views.curves_view(plots.curves({name: history}, ui.style), export, name, key="curves")
+        if history:
+            views.metrics_downloads(name, history, key="dl")
+
+    if run is not None and not live:
+        epochs = views.snapshot_epochs(run)
+        if len(epochs) >= 2:
+            picks = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
+            try:
+                snaps = [(e, views.read_snapshot(run, e)) for e in picks]
+            except views.RunProblem as e:
+                st.error(str(e))
+                return
+            st.markdown("**M_F over the run** (first / middle / last saved epoch, same axes)")
+            st.plotly_chart(plots.small_multiples(snaps, proj, ranges, classes, ui.style), key="strip",
+                            config=export.config(f"{name}-strip"))
+            views.explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the "
+                          "ID digits stay on their rays.")
+
+
+def server_export(export: views.Export, name: str) -> None:
+    """Server-side PNG/SVG of the Fig. 5 panels, where Kaleido and a Chromium are available."""
+    ok, why = plots.static_export_status()
+    with st.expander("Server-side image of the Fig. 5 panels"):
+        if not ok:
+            st.info(f"Not available on this machine: {why}.")
+            return
+        st.caption(f"Renders on the server with {why}; takes a few seconds.")
+        if st.button("Render PNG and SVG", key="render_static") and "last_fig5" in st.session_state:
+            try:
+                fig = st.session_state.last_fig5
+                st.session_state.static = {fmt: plots.render_static(fig, fmt, export.width, export.height, export.scale)
+                                           for fmt in ("png", "svg")}
+            except Exception as e:  # Kaleido/Chromium failures are environment problems, not bugs here
+                st.error(f"Server-side rendering failed: {str(e).splitlines()[0][:200]}")
+        files = st.session_state.get("static")
+        if files:
+            c1, c2 = st.columns(2)
+            c1.download_button("Download PNG", files["png"], f"{name}-fig5.png", "image/png", on_click="ignore")
+            c2.download_button("Download SVG", files["svg"], f"{name}-fig5.svg", "image/svg+xml", on_click="ignore")
+
+
+# ---------------------------------------------------------------- the page
+
+
+def main() -> None:
+    views.page_setup("Defend")
+    ui = views.ui_state()
+    ui = data_fallback(ui)
+    job = _job_for(ui)
+    active = bool(job and job.view().active)
+
+    st.title("Defend: adversarial fine-tuning, live")
+    views.show_url_warnings()
+    if "data_notice" in st.session_state:
+        st.warning(st.session_state.data_notice, icon="💾")
+
+    config_sidebar(st.session_state.ui, locked=active)
+    ui, export = views.style_and_export_sidebar(st.session_state.ui)
+    if ui.view == "full":
+        proj = st.sidebar.radio("Projection for wide features", ("pca", "umap"), horizontal=True,
+                                index=("pca", "umap").index(ui.proj), key="w_proj",
+                                help="Only used when the penultimate layer is wider than 2-D. PCA is live; "
+                                     "UMAP is slow to start and may pull shifted OOD points onto ID clusters.")
+        ui = replace(ui, proj=proj)
+    st.sidebar.caption(f"Runs on: **{describe(device())}** · data dir `{views.data_dir()}` · "
+                       f"runs dir `{views.runs_dir()}`")
+    views.set_ui_state(ui)
+
+    config_error = None
+    try:
+        ui.config().validate()
+    except ConfigError as e:
+        config_error = str(e)
+        st.error(f"Check the settings: {config_error}")
+    if ui.view == "full" and (changed := ui.knobs_differ_from_preset()):
+        st.caption(f"Changed from the *{UI_PRESETS[ui.preset].label}* preset: {', '.join(changed)}")
+
+    st.fragment(run_every=LIVE_REFRESH_S if active else None)(live_area)(export, config_error, active)
+    server_export(export, ui.run or ui.victim)
+
+
+main()
