@@ -21,7 +21,8 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app import plots, views  # noqa: E402
-from app.jobs import Job, JobSlots, JobSpec, SessionJob, default_max_jobs, new_run_dir  # noqa: E402
+from app.jobs import Job, JobSpec, new_run_dir  # noqa: E402
+from app.views import job_slots, session_job  # noqa: E402
 from app.state import (ADVANCED, FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, committed_victims,  # noqa: E402
                        preset_available)
 from core.advft import AdvFTConfig, ConfigError  # noqa: E402
@@ -35,16 +36,6 @@ LIVE_REFRESH_S = 0.5
 
 
 # ---------------------------------------------------------------- process- and session-wide objects
-
-
-@st.cache_resource(show_spinner=False)
-def job_slots() -> JobSlots:
-    return JobSlots(default_max_jobs())
-
-
-@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
-def session_job() -> SessionJob:
-    return SessionJob()
 
 
 @st.cache_resource(show_spinner=False)
@@ -329,14 +320,23 @@ def _config_json(ui: UIState) -> str:
     return json.dumps(asdict(ui.config()), sort_keys=True)
 
 
+def _memo(name: str, key: tuple, build):
+    """Rebuild a figure only when what it shows changed: the live fragment reruns every 0.5 s, and
+    building Plotly figures in Python holds the GIL the training thread needs."""
+    memo = st.session_state.setdefault("figures", {})
+    if name not in memo or memo[name][0] != key:
+        memo[name] = (key, build())
+    return memo[name][1]
+
+
 def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
          name: str, live: bool) -> None:
     classes = DATASETS[views.victim_dataset(str(victim_path(ui.victim)))].classes
     proj, ranges = axes_for(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
     now = plots.panel_points(snapshot, proj, "now")
-    if ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen):
-        st.session_state.axes_note = True
-    fig = plots.fig5_panels(snapshot, proj, ranges, classes, ui.style)
+    ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen)
+    look = (ui.style, id(proj), ranges.x, ranges.y)
+    fig = _memo("fig5", (id(snapshot), *look), lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
     st.session_state.last_fig5 = fig
     views.fig5_view(fig, export, name, key="fig5")
     note = f"Axes fixed from M_R's features (+{int(plots.HEADROOM * 100)}% headroom)"
@@ -347,10 +347,12 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
     left, right = st.columns([1, 2.4])
     with left:
         st.markdown("**Generator samples G(z)**")
-        views.generator_view(plots.gen_grid(snapshot["gen_images"], ui.style), export, name, key="gen")
+        grid = _memo("gen", (id(snapshot), ui.style), lambda: plots.gen_grid(snapshot["gen_images"], ui.style))
+        views.generator_view(grid, export, name, key="gen")
     with right:
         st.markdown("**Curves**")
-        views.curves_view(plots.curves({name: history}, ui.style), export, name, key="curves")
+        curves = _memo("curves", (name, len(history), ui.style), lambda: plots.curves({name: history}, ui.style))
+        views.curves_view(curves, export, name, key="curves")
         if history:
             views.metrics_downloads(name, history, key="dl")
 
@@ -359,7 +361,7 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
         if len(epochs) >= 2:
             picks = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
             try:
-                snaps = [(e, views.read_snapshot(run, e)) for e in picks]
+                snaps = [(f"epoch {e}", views.read_snapshot(run, e)) for e in picks]
             except views.RunProblem as e:
                 st.error(str(e))
                 return

@@ -79,6 +79,11 @@ class JobSlots:
         with self._cond:
             return self._waiting.index(job) + 1 if job in self._waiting else None
 
+    def running_dirs(self) -> set[Path]:
+        """Run folders that a live job of this process is writing."""
+        with self._cond:
+            return {j.spec.run_dir.resolve() for j in (*self._active, *self._waiting)}
+
     def load(self) -> tuple[int, int]:
         with self._cond:
             return len(self._active), len(self._waiting)

@@ -204,10 +204,10 @@ def fig5_panels(snapshot: dict, proj: Projection, ranges: Ranges, classes, style
     return _layout(fig, style, height, uirevision="fig5")
 
 
-def small_multiples(snapshots: list[tuple[int, dict]], proj: Projection, ranges: Ranges, classes,
+def small_multiples(snapshots: list[tuple[str, dict]], proj: Projection, ranges: Ranges, classes,
                     style: str = "screen", height: int = 330) -> go.Figure:
-    """M_F at a few epochs (e.g. first / middle / last), same axes: a strip for slides."""
-    fig = make_subplots(1, len(snapshots), subplot_titles=[f"epoch {e}" for e, _ in snapshots],
+    """M_F in several (title, snapshot) panels with the same axes: epochs of a run, or runs compared."""
+    fig = make_subplots(1, len(snapshots), subplot_titles=[title for title, _ in snapshots],
                         horizontal_spacing=0.03)
     for i, (_, snap) in enumerate(snapshots, start=1):
         _add_points(fig, panel_points(snap, proj, "now"), 1, i, style, classes, ranges, legend=(i == 1))

@@ -149,6 +149,20 @@ class UIState:
         return replace(state, **changes), warnings
 
 
+def for_run(name: str, saved_config: dict) -> tuple[UIState, list[str]]:
+    """The state that reopens a run folder: its preset, victim and knobs, through the URL parser
+    (so a run written by another version or by hand is checked like any link)."""
+    query = {"run": name}
+    if saved_config.get("preset") in UI_PRESETS:
+        query["preset"] = saved_config["preset"]
+    victim = Path(str(saved_config.get("victim", ""))).stem
+    if victim:
+        query["victim"] = victim
+    advft = saved_config.get("advft") or {}
+    query.update({k: _fmt(advft[k]) for k in KNOBS if k in advft})
+    return UIState.from_query(query)
+
+
 def _fmt(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import streamlit as st
 
 from app import plots
+from app.jobs import JobSlots, SessionJob, default_max_jobs
 from app.state import UIState
 from core.data import DataError, load_dataset, resolve_data_dir
 from core.models import CheckpointError, read_checkpoint
@@ -89,6 +90,18 @@ def style_and_export_sidebar(ui: UIState) -> tuple[UIState, Export]:
 
 
 # ---------------------------------------------------------------- environment
+
+
+@st.cache_resource(show_spinner=False)
+def job_slots() -> JobSlots:
+    """Process-wide: how many training jobs may run at once across all sessions (ADVFT_MAX_JOBS)."""
+    return JobSlots(default_max_jobs())
+
+
+@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+def session_job() -> SessionJob:
+    """Per browser session; when the session ends (tab closed), its job is told to stop."""
+    return SessionJob()
 
 
 def data_dir() -> Path:
