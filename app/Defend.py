@@ -43,17 +43,19 @@ def device():
     return pick_device("auto")
 
 
+# What M_R's snapshot before training depends on (the probe sets and the generator's first samples);
+# the training knobs (margin, steps, learning rates...) do not change it, so they do not rebuild it.
+PREVIEW_FIELDS = ("seed", "probe_size", "ood", "latent_dim", "gen_width")
+
+
 @st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
-def preview_snapshot(victim: str, data_dir: str, config_json: str) -> dict:
+def preview_snapshot(victim: str, data_dir: str, preview_fields: tuple) -> dict:
     """M_R's snapshot before any training (what the panels show before Start). Only the probe
     features matter here, so the evaluation sets are cut to their minimum: ~1 s instead of ~2 s."""
-    import json
-
-    from core.advft import AdvFTConfig
     from core.pipeline import load_victim, new_trainer
 
-    config = AdvFTConfig.from_dict(json.loads(config_json))
-    config = replace(config, eval_train_size=10, eval_ood_size=config.probe_size)
+    fields = dict(preview_fields)
+    config = AdvFTConfig(**fields, eval_train_size=10, eval_ood_size=fields["probe_size"])
     model, data = load_victim(victim, data_dir, device())
     return new_trainer(model, data, config, data_dir, device()).snapshot()
 
@@ -305,19 +307,14 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
                     else "Waiting in the queue; the panels appear when this job starts.")
             return
         try:
-            snapshot = preview_snapshot(str(victim_path(ui.victim)), str(views.data_dir()), _config_json(ui))
+            cfg = ui.config()
+            snapshot = preview_snapshot(str(victim_path(ui.victim)), str(views.data_dir()),
+                                        tuple((f, getattr(cfg, f)) for f in PREVIEW_FIELDS))
         except Exception as e:  # a checkpoint or dataset that does not load: say so, keep the page
             st.error(f"Could not score the victim M_R: {e}")
             return
         history = snapshot["history"]
     draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
-
-
-def _config_json(ui: UIState) -> str:
-    import json
-    from dataclasses import asdict
-
-    return json.dumps(asdict(ui.config()), sort_keys=True)
 
 
 def _memo(name: str, key: tuple, build):

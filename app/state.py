@@ -75,10 +75,11 @@ class UIState:
 
     # ------------------------------------------------------------ presets and the engine's config
     @classmethod
-    def from_preset(cls, name: str, **keep) -> "UIState":
+    def from_preset(cls, name: str, **overrides) -> "UIState":
         p = UI_PRESETS[name]
         cfg = preset_config(p.core_preset)
-        return cls(preset=name, victim=p.victim, **{k: getattr(cfg, k) for k in KNOBS}, **keep)
+        values = {"preset": name, "victim": p.victim, **{k: getattr(cfg, k) for k in KNOBS}}
+        return cls(**{**values, **overrides})
 
     def config(self) -> AdvFTConfig:
         """The engine's config: the preset's, with this state's knobs. Not validated here."""

@@ -1,0 +1,272 @@
+"""The Streamlit app, headless (streamlit.testing.v1.AppTest): presets, URL state, bad input, the
+Runs page with real (tiny) runs, the background job, and the projection for wide models.
+Live refresh needs a browser: see tests/test_browser.py."""
+
+import json
+import time
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from app import plots
+from app.jobs import Job, JobSlots, JobSpec, new_run_dir
+from app.state import UI_PRESETS, UIState, for_run
+from core.pipeline import RunRecorder, load_victim, new_trainer, victim_path
+from core.runs import RunDir
+from tests.conftest import MNIST_VICTIM, ROOT, tiny_config
+
+DEFEND = str(ROOT / "app" / "Defend.py")
+RUNS = str(ROOT / "app" / "pages" / "2_Runs.py")
+
+
+@pytest.fixture
+def env(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVFT_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("ADVFT_RUNS_DIR", str(tmp_path / "runs"))
+    return tmp_path / "runs"
+
+
+def defend(query: dict | None = None) -> AppTest:
+    at = AppTest.from_file(DEFEND, default_timeout=120)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    return at.run()
+
+
+def number(at: AppTest, label: str):
+    return next(w for w in at.number_input if w.label == label)
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# ---------------------------------------------------------------- URL state
+
+
+def test_url_state_round_trips_and_survives_bad_values():
+    state = UIState.from_preset("paper", margin=42.5, seed=7, epoch=3, run="r1", view="simple")
+    back, warnings = UIState.from_query(state.to_query())
+    assert back == state and warnings == []
+
+    bad, warnings = UIState.from_query({"preset": "nope", "margin": "-1", "epochs": "x", "lr_f": "7",
+                                        "distance": "l3", "view": "tiny", "epoch": "-2", "run": "../etc"})
+    assert bad == UIState.from_preset("lecture")
+    assert len(warnings) == 8
+    assert any("margin must be a finite number > 0" in w for w in warnings)  # core's own message
+    assert any("lr_f must be in (0, 1]" in w for w in warnings)
+
+
+def test_for_run_reopens_with_the_runs_own_settings():
+    state, warnings = for_run("r", {"preset": "lecture", "victim": str(MNIST_VICTIM),
+                                    "advft": {"margin": 3.0, "epochs": 2, "i_f": 7, "seed": 5}})
+    assert warnings == []
+    assert (state.run, state.victim, state.margin, state.epochs, state.i_f, state.seed) == \
+        ("r", "mnist_lenet2d", 3.0, 2, 7, 5)
+
+
+# ---------------------------------------------------------------- Defend page
+
+
+def test_presets_fill_the_controls_and_the_url(env):
+    at = defend()
+    no_exception(at)
+    assert number(at, "Margin m").value == 10.0 and number(at, "I_G (G steps/epoch)").value == 50
+    assert len(at.get("plotly_chart")) == 3  # Fig. 5 panels, generator grid, curves: drawn before any run
+    at.selectbox(key="w_preset").set_value("paper").run()
+    no_exception(at)
+    assert number(at, "Margin m").value == 100.0
+    assert number(at, "I_G (G steps/epoch)").value == 500
+    assert number(at, "lr F").value == pytest.approx(1e-4)
+    assert at.selectbox(key="w_fake_reduce").value == "median"
+    assert at.query_params["preset"] == "paper" and at.query_params["margin"] == "100.0"
+    # The Fig. 5 preset is offered only when its victim exists; else the command that trains it is shown.
+    if not victim_path(UI_PRESETS["fig5"].victim).is_file():
+        assert "fig5" not in at.selectbox(key="w_preset").options
+        assert any("resnet18_2d" in c.value for c in at.code)
+
+
+def test_url_configures_the_page_and_bad_values_warn(env):
+    at = defend({"margin": "25", "seed": "3", "epochs": "abc", "preset": "bogus", "view": "simple"})
+    no_exception(at)
+    assert number(at, "Margin m").value == 25.0 and number(at, "Seed").value == 3
+    assert number(at, "Epochs N").value == 6  # the bad value was replaced by the default ...
+    texts = " ".join(w.value for w in at.warning)
+    assert "epochs='abc' ignored" in texts and "preset 'bogus'" in texts  # ... and said so
+    assert not any(w.label.startswith("I_G") for w in at.number_input)  # simple view hides the advanced knobs
+    assert at.query_params["margin"] == "25.0" and at.query_params["view"] == "simple"
+
+
+def test_out_of_range_input_shows_the_engines_message(env):
+    at = defend()
+    number(at, "Margin m").set_value(0.0).run()
+    no_exception(at)
+    assert any("margin must be a finite number > 0" in e.value for e in at.error)
+    assert at.button(key="t_start").disabled
+
+
+def test_missing_dataset_falls_back_to_offline_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("ADVFT_DATA_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("ADVFT_RUNS_DIR", str(tmp_path / "runs"))
+    at = defend({"preset": "lecture"})
+    no_exception(at)
+    assert at.selectbox(key="w_preset").value == "offline"
+    assert at.selectbox(key="w_victim").value == "digits_lenet2d"
+    assert any("MNIST is not available here" in w.value and "offline demo" in w.value for w in at.warning)
+    assert len(at.get("plotly_chart")) == 3
+
+
+def test_start_records_a_run_and_reset_stops_it(env):
+    at = defend({"epochs": "1", "i_g": "2", "i_f": "400", "seed": "1"})
+    at.button(key="t_start").click().run()
+    no_exception(at)
+    deadline = time.time() + 90
+    while not list(env.glob("*/snapshots/epoch_0000.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    run = RunDir(next(env.iterdir()))
+    assert run.config()["advft"]["i_f"] == 400 and run.config()["preset"] == "lecture"
+    assert at.query_params["run"] == run.name  # the URL names the run: a reload reopens it
+    at.button(key="t_reset").click().run()
+    no_exception(at)
+    while run.status()["status"] != "stopped" and time.time() < deadline:
+        time.sleep(0.2)
+    assert run.status()["status"] == "stopped" and "run" not in at.query_params
+
+
+def test_reopening_a_deleted_or_corrupt_run_is_a_message(env, recorded_run):
+    at = defend({"run": "no-such-run"})
+    no_exception(at)
+    assert any("no longer exists" in e.value for e in at.error)
+    (recorded_run.path / "snapshots" / "epoch_0001.pt").write_bytes(b"not a torch file")
+    at = defend({"run": recorded_run.name, "epoch": "1"})
+    no_exception(at)
+    assert any("epoch 1 snapshot does not load" in e.value for e in at.error)
+
+
+# ---------------------------------------------------------------- Runs page
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, mnist):
+    """A real run folder made the way the app makes one (core.pipeline + RunRecorder). Marked
+    'stopped' rather than 'finished': finishing scores M_F on all 60k training images, which the
+    page does not need and the suite cannot afford."""
+    model, data = load_victim(MNIST_VICTIM, None)
+    trainer = new_trainer(model, data, tiny_config(), data_dir=None)
+    run = RunDir(tmp_path_factory.mktemp("made") / "tiny-m10")
+    recorder = RunRecorder(run, trainer, str(MNIST_VICTIM), preset="lecture")
+    trainer.run(on_epoch=lambda record: recorder.epoch_done())
+    recorder.finish("stopped", "stopped after epoch 1")
+    return run
+
+
+@pytest.fixture
+def recorded_run(env, finished_run):
+    import shutil
+
+    shutil.copytree(finished_run.path, env / finished_run.name)
+    return RunDir(env / finished_run.name)
+
+
+def test_runs_page_lists_compares_and_survives_damage(env, recorded_run):
+    import shutil
+
+    twin = RunDir(env / "tiny-m20")
+    shutil.copytree(recorded_run.path, twin.path)
+    broken = RunDir(env / "broken")
+    shutil.copytree(recorded_run.path, broken.path)
+    (broken.path / "history.jsonl").write_text("{not json\n")
+
+    at = AppTest.from_file(RUNS, default_timeout=60).run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"tiny-m10", "tiny-m20", "broken"}
+    assert table.set_index("run").loc["tiny-m10", "status"] == "stopped"
+    assert any("broken" in w.value and "does not read" in w.value for w in at.warning)
+
+    at.multiselect(key="compare_pick").set_value(["tiny-m10", "tiny-m20"]).run()
+    no_exception(at)
+    assert len(at.get("plotly_chart")) == 2  # overlaid curves + final panels side by side
+
+    (twin.path / "snapshots" / "epoch_0001.pt").write_bytes(b"\x00 truncated")  # damaged underneath
+    at.run()
+    no_exception(at)
+    assert any("tiny-m20" in e.value and "does not load" in e.value for e in at.error)
+    shutil.rmtree(twin.path)  # deleted underneath
+    at.run()
+    no_exception(at)
+    assert "tiny-m20" not in set(at.dataframe[0].value["run"])
+
+    at.selectbox(key="run_pick").set_value("tiny-m10").run()
+    at.button(key="delete").click().run()
+    assert recorded_run.path.exists()  # nothing deleted before the confirmation
+    at.button(key="confirm_delete").click().run()
+    no_exception(at)
+    assert not recorded_run.path.exists()
+    assert list(at.dataframe[0].value["run"]) == ["broken"]
+
+
+# ---------------------------------------------------------------- jobs
+
+
+def test_job_queue_pause_step_and_stop(env):
+    slots = JobSlots(1)
+    cfg = tiny_config(epochs=2, i_g=2, i_f=3)
+
+    def job(**kw):
+        return Job(JobSpec(str(MNIST_VICTIM), cfg, new_run_dir(env, "lecture", cfg), "lecture", **kw), slots)
+
+    first, second = job(start_paused=True).start(), job().start()
+    deadline = time.time() + 60
+    while first.view().state != "paused" and time.time() < deadline:
+        time.sleep(0.1)
+    assert first.view().state == "paused" and first.view().snapshot is not None
+    assert second.view().state == "queued" and second.view().place == 1  # one slot: the second waits
+
+    version = first.view().version
+    first.step("g")
+    first.step("step")
+    while first.view().version < version + 2 and time.time() < deadline:
+        time.sleep(0.05)
+    v = first.view()
+    assert (v.manual_steps, v.g_done, v.state) == (1, 1, "paused")  # the extra G step is outside the schedule
+
+    second.stop()  # stopping a queued job leaves the line
+    second.thread.join(10)
+    assert second.view().state == "stopped"
+    first.stop()
+    first.thread.join(30)
+    assert first.view().state == "stopped"
+    assert RunDir(first.spec.run_dir).status()["status"] == "stopped"
+
+
+# ---------------------------------------------------------------- projection for wide models
+
+
+def test_wide_model_panels_use_a_fixed_pca(mnist, cifar_probe):
+    from core.advft import AdvFT
+    from core.data import Dataset
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    wide = build_model("lenet", "mnist").eval()  # 500-D penultimate layer, untrained
+    small = Dataset("mnist", mnist.x_train[:500], mnist.y_train[:500], mnist.x_test[:500], mnist.y_test[:500],
+                    mnist.source)  # the wide model is slow on CPU; the projection needs few points
+    trainer = AdvFT(wide, tiny_config(), small, cifar_probe)
+    before = trainer.snapshot()
+    trainer.step_model()
+    after = trainer.snapshot()
+
+    proj = plots.Projection(before["id_ref"], "pca")
+    assert proj.kind == "pca" and proj.dim == 500
+    ref = plots.panel_points(before, proj, "ref")
+    assert ref.id.shape == (50, 2) and ref.rays.shape == (10, 2)
+    # Fitted once: projecting M_R's features again gives the same plane, whatever M_F does.
+    assert (plots.panel_points(after, proj, "ref").id == ref.id).all()
+    ranges = plots.Ranges.around(ref.id, ref.ood, ref.gen)
+    far = plots.panel_points(after, proj, "now").ood * 1e3
+    assert ranges.extend("epoch 1", far) and ranges.extended_at == ["epoch 1"]
+    fig = plots.fig5_panels(after, proj, ranges, mnist.classes)
+    assert fig.layout.xaxis.range == fig.layout.xaxis2.range  # both panels share the fixed axes
+    assert json.loads(fig.to_json())["data"]
