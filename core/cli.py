@@ -246,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Later modules (attacks, experiments) add their subcommands here.
-_EXTRA_COMMANDS: list = []
+_EXTRA_COMMANDS: list = [
+    lambda sub: __import__("core.experiments", fromlist=["add_commands"]).add_commands(sub),  # attack, table, sweep
+]
 
 
 def main(argv: list[str] | None = None) -> int:

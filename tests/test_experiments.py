@@ -1,0 +1,45 @@
+"""Table 2/3 and the sweeps, end to end on tiny budgets (the conftest MNIST subset: 3,000 train, 1,000 test images)."""
+
+import csv
+import json
+import pytest
+
+from core.attacks import AttackConfig, DefenceConfig
+from core.experiments import (TABLE_COLUMNS, attack_table, epoch_sweep, format_table, margin_sweep, sweep_figure,
+                              table_figure, write_experiment)
+from tests.conftest import tiny_config
+
+TINY_ATTACK = AttackConfig(attack="knockoff", queries=400, epochs=2, rounds=1, eval_size=500)
+
+
+def test_table_rows_columns_and_files(victim, mnist_small, data_dir, tmp_path):
+    notes = []
+    report = attack_table(victim, mnist_small, TINY_ATTACK, tiny_config(margin=5.0), defence=DefenceConfig(am_steps=20),
+                          data_dir=data_dir, advft_out=tmp_path / "advft", note=notes.append)
+    rows = {r["method"]: r for r in report["rows"]}
+    assert list(rows) == ["AdvFT", "DP", "AM", "none"] and all(set(TABLE_COLUMNS) <= set(r) for r in rows.values())
+    acc_mr = rows["none"]["acc_mr"]
+    assert acc_mr > 0.97 and all(r["q"] == 400 and r["acc_ms_before"] == rows["none"]["acc_ms_after"] for r in rows.values())
+    assert rows["DP"]["acc_mf"] == acc_mr and rows["DP"]["kl_test"] > 1.0  # top-1 kept, confidences wrecked
+    assert rows["AdvFT"]["m"] == 5.0 and rows["AdvFT"]["n"] == 1 and rows["AdvFT"]["kl_test"] < rows["DP"]["kl_test"]
+    assert rows["none"]["kl_test"] == 0.0 and rows["AM"]["acc_mf"] <= acc_mr
+    assert (tmp_path / "advft" / "model.pt").is_file() and any("AdvFT epoch 1" in n for n in notes)
+    lines = write_experiment(tmp_path, "table", report, table_figure(report))
+    assert "table.html" in lines[0] or ".html" in lines[0]
+    back = list(csv.DictReader((tmp_path / "table.csv").open()))
+    assert [r["method"] for r in back] == ["AdvFT", "DP", "AM", "none"]
+    assert json.loads((tmp_path / "table.json").read_text())["results"]["dp"]["defence"] == "dp"
+    assert "<html>" in (tmp_path / "table.html").read_text()[:2000].lower() or "plotly" in (tmp_path / "table.html").read_text()
+    assert format_table(report["rows"]).count("\n") == 5
+
+
+def test_sweeps_attack_each_chosen_model(victim, mnist_small, data_dir, tmp_path):
+    report = epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, [0, 2], data_dir)
+    assert [r["epoch"] for r in report["rows"]] == [0, 2]
+    assert report["rows"][0]["kl_test"] == 0.0 and report["rows"][1]["kl_test"] > 0
+    write_experiment(tmp_path, "sweep_epochs", report, sweep_figure(report, "epoch"))
+    assert (tmp_path / "sweep_epochs.csv").read_text().startswith("epoch,")
+    report = margin_sweep(victim, mnist_small, tiny_config(), TINY_ATTACK, [1.0, 20.0], data_dir)
+    assert [r["margin"] for r in report["rows"]] == [1.0, 20.0] and all(r["queries"] == 400 for r in report["rows"])
+    with pytest.raises(ValueError, match="0..2"):
+        epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, [3], data_dir)
