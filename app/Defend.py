@@ -303,9 +303,8 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
         return
     if snapshot is None:
         if v is not None and v.state in ("queued", "preparing"):
-            st.info("Preparing… the panels appear as soon as M_R is scored." if v.state == "preparing"
-                    else "Waiting in the queue; the panels appear when this job starts.")
-            return
+            st.info("Preparing the run (scoring M_R on the evaluation sets); meanwhile, M_R as it is:"
+                    if v.state == "preparing" else "Waiting in the queue; meanwhile, M_R as it is:")
         try:
             cfg = ui.config()
             snapshot = preview_snapshot(str(victim_path(ui.victim)), str(views.data_dir()),
