@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import streamlit as st  # noqa: E402
+import torch  # noqa: E402
 
 from app import plots, views  # noqa: E402
 from app.jobs import Job, JobSpec, new_run_dir  # noqa: E402
@@ -50,14 +51,39 @@ PREVIEW_FIELDS = ("seed", "probe_size", "ood", "latent_dim", "gen_width")
 
 @st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
 def preview_snapshot(victim: str, data_dir: str, preview_fields: tuple) -> dict:
-    """M_R's snapshot before any training (what the panels show before Start). Only the probe
-    features matter here, so the evaluation sets are cut to their minimum: ~1 s instead of ~2 s."""
-    from core.pipeline import load_victim, new_trainer
+    """M_R's snapshot before any training (what the panels show before Start).
 
+    Building it means building a trainer, which scores M_R on the whole test set (seconds on a
+    CPU), so it is also kept on disk under <runs dir>/.cache (a folder list_runs ignores), keyed by
+    everything it depends on: a restarted server draws the panels without recomputing them."""
+    import hashlib
+    import json
+
+    from core import advft, data
+    from core.pipeline import load_victim, new_trainer
+    from core.runs import atomic_torch_save
+
+    key = json.dumps([_file_stamp(victim), str(Path(data_dir).resolve()), preview_fields,
+                      _file_stamp(advft.__file__), _file_stamp(data.__file__)])
+    cache = views.runs_dir() / ".cache" / f"preview-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+    try:
+        return torch.load(cache, map_location="cpu", weights_only=True)
+    except Exception:  # absent or unreadable: compute it again
+        pass
     fields = dict(preview_fields)
     config = AdvFTConfig(**fields, eval_train_size=10, eval_ood_size=fields["probe_size"])
-    model, data = load_victim(victim, data_dir, device())
-    return new_trainer(model, data, config, data_dir, device()).snapshot()
+    model, dataset = load_victim(victim, data_dir, device())
+    snapshot = new_trainer(model, dataset, config, data_dir, device()).snapshot()
+    try:
+        atomic_torch_save(snapshot, cache)
+    except OSError:
+        pass  # a read-only runs dir only costs the next start its seconds
+    return snapshot
+
+
+def _file_stamp(path) -> list:
+    st_ = Path(path).stat()
+    return [str(Path(path).resolve()), st_.st_mtime_ns, st_.st_size]
 
 
 # ---------------------------------------------------------------- sidebar: the configuration
@@ -316,13 +342,14 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
 
 
-def _memo(name: str, key: tuple, build):
+def _memo(name: str, source, key: tuple, build):
     """Rebuild a figure only when what it shows changed: the live fragment reruns every 0.5 s, and
-    building Plotly figures in Python holds the GIL the training thread needs."""
+    building Plotly figures in Python holds the GIL the training thread needs. `source` is compared
+    by identity (published snapshots are never mutated; an id() could be reused once one is freed)."""
     memo = st.session_state.setdefault("figures", {})
-    if name not in memo or memo[name][0] != key:
-        memo[name] = (key, build())
-    return memo[name][1]
+    if name not in memo or memo[name][0] is not source or memo[name][1] != key:
+        memo[name] = (source, key, build())
+    return memo[name][2]
 
 
 def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
@@ -331,8 +358,8 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
     proj, ranges = axes_for(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
     now = plots.panel_points(snapshot, proj, "now")
     ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen)
-    look = (ui.style, id(proj), ranges.x, ranges.y)
-    fig = _memo("fig5", (id(snapshot), *look), lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
+    look = (ui.style, ui.proj, ranges.x, ranges.y)
+    fig = _memo("fig5", snapshot, look, lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
     st.session_state.last_fig5 = fig
     views.fig5_view(fig, export, name, key="fig5")
     note = f"Axes fixed from M_R's features (+{int(plots.HEADROOM * 100)}% headroom)"
@@ -343,11 +370,11 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
     left, right = st.columns([1, 2.4])
     with left:
         st.markdown("**Generator samples G(z)**")
-        grid = _memo("gen", (id(snapshot), ui.style), lambda: plots.gen_grid(snapshot["gen_images"], ui.style))
+        grid = _memo("gen", snapshot, (ui.style,), lambda: plots.gen_grid(snapshot["gen_images"], ui.style))
         views.generator_view(grid, export, name, key="gen")
     with right:
         st.markdown("**Curves**")
-        curves = _memo("curves", (name, len(history), ui.style), lambda: plots.curves({name: history}, ui.style))
+        curves = _memo("curves", None, (name, len(history), ui.style), lambda: plots.curves({name: history}, ui.style))
         views.curves_view(curves, export, name, key="curves")
         if history:
             views.metrics_downloads(name, history, key="dl")

@@ -203,7 +203,8 @@ def fig5_view(fig, export: Export, name: str, key: str) -> None:
 def generator_view(fig, export: Export, name: str, key: str) -> None:
     st.plotly_chart(fig, key=key, config=export.config(f"{name}-generator"))
     explain("G(z) for a fixed z. The generator hunts for inputs on which M_F still agrees with M_R (eq. 1); "
-            "these are the inputs M_F is then trained to push away.")
+            "these are the inputs M_F is then trained to push away. In the first epoch M_F still equals M_R, so "
+            "L_G has no gradient and G stays put until M_F has moved.")
 
 
 def curves_view(fig, export: Export, name: str, key: str) -> None:

@@ -1,0 +1,139 @@
+"""Benchmark the app in a real browser (Playwright + Chromium), on the committed MNIST victim.
+
+    ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_app.py [--window 10] [--clicks 3]
+
+Measures
+  1. cold start: from launching `streamlit run app/Defend.py` to the Fig. 5 panels drawn (the first
+     Plotly chart holds its points), a fresh server each time: the very first start (nothing
+     cached on disk) and restarts (M_R's preview snapshot read from the runs dir's .cache);
+  2. while the lecture preset trains: how many distinct M_F panel updates the browser shows per
+     second (sampled every 50 ms in the page over --window seconds), and the training steps/s
+     done meanwhile (from the page's own status line);
+     and, for the ratio, the engine's steps/s with no page at all, in the same run;
+  3. click-to-effect: click Pause (then Play) and time until the page shows the job paused (running).
+Prints one table; the machine's load average is printed with it, since the CPU may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.test_browser import (FIG5_DRAWN, MF_POINTS, chromium_page, streamlit_server,  # noqa: E402
+                                wait_loaded, wait_state)
+
+COUNT_UPDATES = """async ([probe, seconds]) => {
+    const read = eval(probe);
+    let last = read(), changes = 0;
+    const t0 = performance.now();
+    while (performance.now() - t0 < seconds * 1000) {
+        await new Promise(r => setTimeout(r, 50));
+        const now = read();
+        if (now !== null && now !== last) { changes += 1; last = now; }
+    }
+    return changes;
+}"""
+
+
+def steps_done(page) -> int:
+    """Algorithm 1 steps done so far, from the status line 'epoch E of N · phase P (G g, F f)'."""
+    text = page.locator(".advft-status").first.inner_text()
+    m = re.search(r"epoch (\d+) of \d+ .*\(G (\d+), F (\d+)\)", text)
+    return int(m.group(1)) * 200 + int(m.group(2)) + int(m.group(3)) if m else 0  # lecture: 50 + 150 per epoch
+
+
+def engine_steps_per_s(data_dir: str, steps: int = 100) -> float:
+    """The same engine and settings with no page at all, one thread (as the app's job uses)."""
+    import torch
+
+    from core.advft import preset_config
+    from core.pipeline import load_victim, new_trainer, preset_victim
+
+    torch.set_num_threads(1)
+    model, data = load_victim(preset_victim("lecture"), data_dir)
+    trainer = new_trainer(model, data, preset_config("lecture", eval_train_size=10, eval_ood_size=500), data_dir)
+    t = time.perf_counter()
+    for _ in range(steps):
+        trainer.step()
+    return steps / (time.perf_counter() - t)
+
+
+def cold_start(env: dict, log: Path) -> float:
+    with streamlit_server(env, log) as (url, started), chromium_page() as page:
+        page.goto(url)
+        page.wait_for_function(FIG5_DRAWN, timeout=120_000)
+        return time.perf_counter() - started
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--starts", type=int, default=2, help="server restarts to time (after the first start)")
+    ap.add_argument("--window", type=float, default=10.0, help="seconds to count panel updates")
+    ap.add_argument("--clicks", type=int, default=3, help="pause/play pairs to time")
+    a = ap.parse_args()
+    if not os.environ.get("ADVFT_DATA_DIR"):
+        print("set ADVFT_DATA_DIR (e.g. /work/shared/data): the benchmark uses the committed MNIST victim",
+              file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-app-"))
+    env = {"ADVFT_RUNS_DIR": str(tmp / "runs")}
+    rows = []
+
+    # The first start computes M_R's preview snapshot; later ones read it from <runs dir>/.cache.
+    starts = [cold_start(env, tmp / f"server-{i}.log") for i in range(a.starts + 1)]
+    rows.append(("launch -> Fig. 5 panels, first start ever (s)", starts[:1], ""))
+    rows.append(("launch -> Fig. 5 panels, server restarted (s)", starts[1:], "<= 10"))
+
+    with streamlit_server(env, tmp / "server-live.log") as (url, _), chromium_page() as page:
+        page.goto(url + "?preset=lecture")
+        wait_loaded(page)
+        page.get_by_role("button", name="Start").click()
+        wait_state(page, ("running",))
+        # Epoch 1's G steps cannot move anything (M_F = M_R gives L_G a zero gradient), so count
+        # updates from the first F phase on, when every published snapshot differs.
+        page.wait_for_function("() => { const s = document.querySelector('.advft-status');"
+                               " return !!s && /phase F/.test(s.textContent); }", timeout=180_000)
+        s0, t0 = steps_done(page), time.perf_counter()
+        updates = page.evaluate(COUNT_UPDATES, [MF_POINTS, a.window])
+        elapsed = time.perf_counter() - t0
+        s1 = steps_done(page)
+        rows.append(("M_F panel updates per second while training", [updates / elapsed], ">= 1"))
+        rows.append(("training steps/s with the page open", [(s1 - s0) / elapsed], ""))
+        rows.append(("training steps/s, engine alone (same machine, 1 thread)",
+                     [engine_steps_per_s(os.environ["ADVFT_DATA_DIR"])], ""))
+
+        pause_s, play_s = [], []
+        for _ in range(a.clicks):
+            t = time.perf_counter()
+            page.get_by_role("button", name="Pause").click()
+            wait_state(page, ("paused",), 30_000)
+            pause_s.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            page.get_by_role("button", name="Play").click()
+            wait_state(page, ("running",), 30_000)
+            play_s.append(time.perf_counter() - t)
+        rows.append(("click Pause -> page shows paused (s)", pause_s, "<= 1"))
+        rows.append(("click Play -> page shows running (s)", play_s, "<= 1"))
+        exceptions = page.locator("[data-testid='stException']").count()
+
+    load = os.getloadavg()
+    print(f"\napp benchmark · {os.cpu_count()} CPUs · load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"{'measure':48s} {'median':>8s} {'min':>8s} {'max':>8s} {'n':>3s}  target")
+    for name, values, target in rows:
+        print(f"{name:48s} {statistics.median(values):8.2f} {min(values):8.2f} {max(values):8.2f} "
+              f"{len(values):3d}  {target}")
+    print(f"exceptions shown in the page: {exceptions}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
