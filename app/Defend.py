@@ -358,8 +358,11 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
     proj, ranges = axes_for(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
     now = plots.panel_points(snapshot, proj, "now")
     ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen)
-    look = (ui.style, ui.proj, ranges.x, ranges.y)
-    fig = _memo("fig5", snapshot, look, lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
+    # Built once per run and look; each newer snapshot only swaps M_F's points in (refresh_fig5).
+    fig = _memo("fig5", proj, (ui.style, classes), lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
+    if st.session_state.get("fig5_shows") is not snapshot:
+        plots.refresh_fig5(fig, snapshot, proj, ranges)
+        st.session_state.fig5_shows = snapshot
     st.session_state.last_fig5 = fig
     views.fig5_view(fig, export, name, key="fig5")
     note = f"Axes fixed from M_R's features (+{int(plots.HEADROOM * 100)}% headroom)"

@@ -134,6 +134,7 @@ class Job:
         self._until_epoch_end = False
         self._requests: deque[str] = deque()   # "step" | "g" | "f"
         self._slow = False
+        self._announced = ""   # the state last written to the run folder (by the thread)
         self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"advft-{spec.run_dir.name}")
 
@@ -179,6 +180,9 @@ class Job:
         with self._cond:
             self._playing = playing
             self._until_epoch_end = False
+            if self._view.state in ("running", "paused"):
+                # Shown at once: no new step starts after this (the one in flight ends within ms).
+                self._publish_locked(state="running" if playing else "paused")
             self._cond.notify_all()
 
     def _publish_locked(self, **changes) -> None:
@@ -250,12 +254,13 @@ class Job:
                     return self._requests.popleft()
                 if self._playing or self._until_epoch_end:
                     return "auto"
-                if self._view.state != "paused":
+                if self._announced != "paused":
                     return "paused"
                 self._cond.wait(0.5)
             return None
 
     def _announce(self, trainer, recorder: RunRecorder, state: str) -> None:
+        self._announced = state
         self._publish(trainer, state=state)
         recorder.run.write_status(state, f"epoch {trainer.epoch} of {trainer.config.epochs}")
 
@@ -266,7 +271,7 @@ class Job:
             if action == "paused":
                 self._announce(trainer, recorder, "paused")
                 continue
-            if action == "auto" and self._view.state != "running":
+            if action == "auto" and self._announced != "running":
                 self._announce(trainer, recorder, "running")
             if action is None:
                 recorder.finish("stopped", f"stopped during epoch {trainer.epoch + 1}; the saved epochs stay")

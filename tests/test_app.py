@@ -270,3 +270,22 @@ def test_wide_model_panels_use_a_fixed_pca(mnist, cifar_probe):
     fig = plots.fig5_panels(after, proj, ranges, mnist.classes)
     assert fig.layout.xaxis.range == fig.layout.xaxis2.range  # both panels share the fixed axes
     assert json.loads(fig.to_json())["data"]
+
+
+def test_live_refresh_matches_a_rebuild(mnist, victim, cifar_probe):
+    """The live view swaps M_F's points into the figure instead of rebuilding it: same result."""
+    from core.advft import AdvFT
+
+    trainer = AdvFT(victim, tiny_config(), mnist, cifar_probe)
+    first = trainer.snapshot()
+    for _ in range(3):
+        trainer.step_model()
+    later = trainer.snapshot()
+    proj = plots.Projection(first["id_ref"])
+    ref = plots.panel_points(first, proj, "ref")
+    ranges = plots.Ranges.around(ref.id, ref.ood, ref.gen)
+    live = plots.fig5_panels(first, proj, ranges, mnist.classes)
+    plots.refresh_fig5(live, later, proj, ranges)
+    rebuilt = plots.fig5_panels(later, proj, ranges, mnist.classes)
+    assert live.to_json() == rebuilt.to_json()
+    assert live.to_json() != plots.fig5_panels(first, proj, ranges, mnist.classes).to_json()
