@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from app import plots, views  # noqa: E402
 from app.jobs import Job, JobSpec, new_run_dir  # noqa: E402
 from app.views import job_slots, session_job  # noqa: E402
-from app.state import (ADVANCED, FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, committed_victims,  # noqa: E402
+from app.state import (FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, committed_victims,  # noqa: E402
                        preset_available)
 from core.advft import AdvFTConfig, ConfigError  # noqa: E402
 from core.data import DATASETS  # noqa: E402

@@ -299,7 +299,8 @@ class Job:
         self._publish(trainer, message="scoring M_F on the whole training set")
         metrics = recorder.finish("finished")
         self._publish(trainer, snapshot=True, state="finished",
-                      message=f"finished: Acc_MF {metrics['acc_after']:.4f}, OOD agreement {metrics['ood_agreement']:.2f}")
+                      message=f"finished: Acc_MF {metrics['acc_after']:.4f}, "
+                              f"OOD agreement {metrics['ood_agreement']:.2f}")
 
     @staticmethod
     def _manual_step(trainer, kind: str) -> None:

@@ -207,7 +207,8 @@ def fig5_panels(snapshot: dict, proj: Projection, ranges: Ranges, classes, style
     return _layout(fig, style, height, uirevision="fig5")
 
 
-def refresh_fig5(fig: go.Figure, snapshot: dict, proj: Projection, ranges: Ranges, now_title: str | None = None) -> None:
+def refresh_fig5(fig: go.Figure, snapshot: dict, proj: Projection, ranges: Ranges,
+                 now_title: str | None = None) -> None:
     """Put a newer snapshot's M_F points into a figure made by fig5_panels for the same run: ~3 ms
     instead of ~50-150 ms for a rebuild (the live view refreshes twice a second)."""
     p = panel_points(snapshot, proj, "now")

@@ -37,7 +37,6 @@ UI_PRESETS: dict[str, UIPreset] = {
 VIEWS = ("full", "simple")        # simple: the teacher-friendly view without the advanced knobs
 STYLES = ("screen", "presentation")
 PROJECTIONS = ("pca", "umap")     # for penultimate layers wider than 2-D
-ADVANCED = ("i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce")  # hidden in the simple view
 
 # AdvFT knobs the page exposes, in display order; everything else keeps the preset's value.
 KNOBS = ("margin", "epochs", "i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce", "seed")

@@ -20,7 +20,7 @@ from app import plots
 from app.jobs import JobSlots, SessionJob, default_max_jobs
 from app.state import UIState
 from core.data import DataError, load_dataset, resolve_data_dir
-from core.models import CheckpointError, read_checkpoint
+from core.models import read_checkpoint
 from core.runs import RunDir, resolve_runs_dir
 
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style" / "app.css"
@@ -86,7 +86,8 @@ def style_and_export_sidebar(ui: UIState) -> tuple[UIState, Export]:
             width = c1.number_input("Width px", 400, 4000, 1600, 100, key="w_export_w")
             height = c2.number_input("Height px", 300, 3000, 800, 100, key="w_export_h")
             scale = st.slider("PNG scale", 3, 6, 3, key="w_export_scale", help="3x or more for sharp slides")
-    return replace(ui, style="presentation" if presentation else "screen"), Export(fmt, int(width), int(height), float(scale))
+    style = "presentation" if presentation else "screen"
+    return replace(ui, style=style), Export(fmt, int(width), int(height), float(scale))
 
 
 # ---------------------------------------------------------------- environment

@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
 # A page's Fig. 5 panels are drawn when the first Plotly chart holds its traces (rays, classes, OOD, G(z)).
-FIG5_DRAWN = "() => { const e = document.querySelector('.js-plotly-plot'); return !!(e && e.data && e.data.length > 10); }"
+FIG5_DRAWN = ("() => { const e = document.querySelector('.js-plotly-plot');"
+              " return !!(e && e.data && e.data.length > 10); }")
 # The M_F panel's points: the second half of the first chart's traces, as one string to compare.
 MF_POINTS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
              " const d = e.data; return JSON.stringify(d.slice(d.length / 2).map(t => [t.x, t.y])); }")
