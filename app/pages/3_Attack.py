@@ -1,0 +1,239 @@
+"""Attack: steal a model through its API and see what AdvFT (or DP / AM) does to the thief.
+
+The controller of the Attack page. It wires
+    the attack and target controls                 -> a core AttackConfig / DefenceConfig,
+    the session's Task (app/tasks.py, a thread)    <- Launch / Protect & attack / sweeps / Stop,
+    the task's partial AttackResult                -> the live progress line and accuracy-vs-queries curve,
+    finished results                               -> a table in the layout of the paper's Tables 2-3.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: `core` and `app` import from here
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import plotly.graph_objects as go  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from app import plots, views  # noqa: E402
+from app.jobs import SessionJob  # noqa: E402
+from app.state import committed_victims  # noqa: E402
+from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,  # noqa: E402
+                       protect_then_attack_task, sweep_task)
+from core.advft import ConfigError  # noqa: E402
+from core.attacks import AttackConfig, DefenceConfig  # noqa: E402
+from core.device import pick_device  # noqa: E402
+
+LIVE_REFRESH_S = 0.5
+DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)", "am": "AM (adaptive misinformation)",
+                  "top1": "top-1 label only"}
+
+
+@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+def session_task() -> SessionJob:
+    """Per browser session: its one attack task, stopped when the tab closes."""
+    return SessionJob()
+
+
+@st.cache_resource(show_spinner=False)
+def device() -> str:
+    return str(pick_device("auto"))
+
+
+# ---------------------------------------------------------------- figures
+
+
+def curve_figure(curves: dict[str, list[dict]], style: str) -> go.Figure:
+    """Surrogate test accuracy vs queries, one line per attack (the live one and the finished ones)."""
+    t = plots.theme(style)
+    fig = go.Figure()
+    for i, (name, curve) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=[p["queries"] for p in curve], y=[p["acc"] for p in curve], name=name,
+                                 mode="lines+markers", line=dict(width=t["line_width"], dash=plots.DASHES[i % len(plots.DASHES)]),
+                                 marker=dict(size=t["marker_size"] + 1)))
+    fig.update_xaxes(title_text="queries")
+    fig.update_yaxes(title_text="surrogate test accuracy", range=[0, 1.02])
+    fig = plots._layout(fig, style, 380, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
+    return fig.update_layout(legend=dict(orientation="h", y=-0.25))
+
+
+# ---------------------------------------------------------------- the page
+
+
+views.page_setup("Attack")
+ui = views.ui_state()
+ui, export = views.style_and_export_sidebar(ui)
+st.title("Attack: steal the model through its API")
+views.explain("A thief sends out-of-distribution images (KnockoffNets: natural photos; DFME: generator samples) "
+              "to the model's API and trains a surrogate on the answers. Against the original M_R the surrogate "
+              "gets close to the victim; against AdvFT's M_F the answers to OOD queries are distorted, so the "
+              "surrogate learns the wrong thing, while honest users (ID inputs) see the same model.")
+data_dir = str(views.data_dir())
+dev = device()
+holder = session_task()
+results: list[dict] = st.session_state.setdefault("attack_results", [])
+
+all_targets = attack_targets(views.runs_dir())
+with st.form("attack_form", border=True):
+    c1, c2, c3 = st.columns(3)
+    names = list(all_targets)
+    default = next((i for i, n in enumerate(names) if n.endswith("mnist_lenet2d")), 0)
+    label = c1.selectbox("Target", names, index=default, key="a_target",
+                         help="The original victim, or the protected model of any AdvFT run (Defend page).")
+    defence = c1.radio("API defence", list(DEFENCE_LABELS), format_func=DEFENCE_LABELS.get, horizontal=True,
+                       key="a_defence", help="Poisoning added behind the API; combine with an AdvFT target freely.")
+    attack_name = c2.radio("Attack", ("knockoff", "dfme"), horizontal=True, key="a_attack",
+                           format_func={"knockoff": "KnockoffNets", "dfme": "DFME"}.get)
+    labels = c2.radio("Answers", ("soft", "hard"), horizontal=True, key="a_labels",
+                      help="soft: probabilities; hard: top-1 label only")
+    queries = c3.number_input("Query budget Q", min_value=1, max_value=50_000_000, value=20_000, step=1000,
+                              key="a_queries", help="KnockoffNets: 20k in about a minute on a CPU; DFME needs ~1M")
+    seed = c3.number_input("Seed", min_value=0, max_value=10_000, value=0, key="a_seed")
+    with st.expander("More attack settings"):
+        d1, d2, d3 = st.columns(3)
+        sampling = d1.radio("KnockoffNets sampling", ("random", "adaptive"), horizontal=True, key="a_sampling")
+        surrogate = d2.radio("Surrogate", ("full", "same"), horizontal=True, key="a_surrogate",
+                             format_func={"full": "full-width (strong thief)", "same": "same as victim"}.get)
+        beta = d3.number_input("DP beta", 0.05, 1.0, 0.7, 0.05, key="a_beta")
+        gamma = d3.number_input("DP gamma", 0.05, 5.0, 0.5, 0.05, key="a_gamma")
+        threshold = d1.slider("AM threshold (max softmax)", 0.05, 0.95, 0.5, 0.05, key="a_threshold")
+    launch = st.form_submit_button("Launch attack", type="primary", icon=":material/play_arrow:")
+
+task = holder.job
+view = task.view() if task else None
+busy = bool(view and view.active)
+
+with st.container(border=True):
+    st.markdown("**Protect, then attack.** Run AdvFT with the lecture settings and a margin of your choice on a "
+                "committed victim, then attack the result with the settings above: no need to leave the page.")
+    p1, p2, p3, p4 = st.columns([2, 2, 1, 1])
+    victims = committed_victims()
+    p_victim = p1.selectbox("Victim", victims, key="p_victim")
+    p_margin = p2.select_slider("Margin m", options=[0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0],
+                                value=10.0, key="p_margin",
+                                help="In feature units: the committed 2-D LeNet's features have norms of ~50")
+    p_epochs = p3.number_input("Epochs N", 1, 50, 6, key="p_epochs")
+    protect = p4.button("Protect & attack", disabled=busy, key="p_go", icon=":material/shield:")
+
+s1, s2, s3 = st.columns([1, 1, 2])
+fig4 = s1.button("Fig. 4 (toy): Acc_MS vs N", disabled=busy, key="s_epochs",
+                 help=f"KnockoffNets {TOY_ATTACK['queries']:,} queries after AdvFT epochs {TOY_EPOCHS} (lecture preset)")
+msweep = s2.button("Margin sweep (toy)", disabled=busy, key="s_margins",
+                   help=f"m in {TOY_MARGINS}; lecture preset; KnockoffNets {TOY_ATTACK['queries']:,} queries")
+
+
+def start(title: str, fn) -> None:
+    holder.replace(Task(title, fn, views.job_slots(), dev).start())
+    st.rerun()
+
+
+try:
+    attack_cfg = AttackConfig(attack=attack_name, labels=labels, queries=int(queries), seed=int(seed),
+                              sampling=sampling, surrogate=surrogate).validate()
+    defence_cfg = DefenceConfig(name=defence, dp_beta=float(beta), dp_gamma=float(gamma),
+                                am_threshold=float(threshold), seed=int(seed)).validate()
+except (ConfigError, ValueError) as e:
+    attack_cfg = defence_cfg = None
+    if launch or protect:
+        st.error(str(e))
+if launch and attack_cfg and not busy:
+    target = {**all_targets[label], "label": label}
+    start(f"{attack_name} on {label}", attack_task(target, attack_cfg, defence_cfg, data_dir, dev))
+elif launch and busy:
+    st.warning("An attack is already running in this session: stop it first.")
+if protect and attack_cfg:
+    start(f"AdvFT m={p_margin:g} then {attack_name}",
+          protect_then_attack_task(p_victim, float(p_margin), int(p_epochs), attack_cfg, views.runs_dir(), data_dir, dev))
+if fig4:
+    start("Fig. 4 sweep", sweep_task("epochs", p_victim, data_dir, dev))
+if msweep:
+    start("margin sweep", sweep_task("margins", p_victim, data_dir, dev))
+
+
+@st.fragment(run_every=LIVE_REFRESH_S if busy else None)
+def live() -> None:
+    task = holder.job
+    if task is None:
+        st.info("Choose a target and an attack, then launch it. Results collect in the table below.")
+        return
+    v = task.view()
+    head = st.columns([4, 1])
+    if v.state == "queued":
+        head[0].info(f"**{v.title}**: waiting for a free slot, place {v.place} in line "
+                     "(one job at a time on a CPU machine).")
+    elif v.state == "running":
+        p = v.progress or {}
+        budget = p.get("budget") or 1
+        head[0].progress(min(1.0, p.get("queries", 0) / budget),
+                         text=f"**{v.title}**: {p.get('phase', 'starting')} · {p.get('queries', 0):,} / "
+                              f"{budget:,} queries · surrogate acc {p.get('surrogate_acc') or 0:.3f}")
+    elif v.state == "failed":
+        head[0].error(f"**{v.title}** failed: {v.error}")
+    else:
+        head[0].success(f"**{v.title}**: {v.state}")
+    if v.active and head[1].button("Stop", key="a_stop", icon=":material/stop:"):
+        task.stop()
+    if v.notes:
+        st.caption(" · ".join(v.notes[-4:]))
+    finished_curves = {f"{r['target']} ({r['defence']}, {r['attack']})": r["curve"] for r in results[-5:] if r.get("curve")}
+    if v.active and v.progress and v.progress.get("curve"):
+        finished_curves = {**finished_curves, "running": v.progress["curve"]}
+    if finished_curves:
+        st.plotly_chart(curve_figure(finished_curves, ui.style), key="attack_curve",
+                        config=export.config("attack-curve"))
+        views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
+                      "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
+    if not v.active and v.value is not None and not task.collected:
+        task.collected = True  # on the task, not in session_state: a rerun must never add it twice
+        collect(v.value)
+        st.rerun()
+    elif not v.active and busy:
+        st.rerun()  # the job ended: flip the buttons back on
+
+
+def collect(value) -> None:
+    """A finished task's value: a table row (attacks) or a sweep report (sweeps)."""
+    if isinstance(value, dict) and "rows" in value:
+        st.session_state.attack_sweeps = [*st.session_state.get("attack_sweeps", []), value]
+    elif isinstance(value, dict):
+        results.append(value)
+
+
+live()
+
+st.subheader("Results, in the layout of the paper's Tables 2-3")
+if results:
+    before = {(r["attack"], r["labels"], r["Q"]): r["Acc_MS"] for r in results
+              if r["defence"] == "none" and r["target"].startswith("original")}
+    table = [{"target": r["target"], "defence": r["defence"], "attack": f"{r['attack']} ({r['labels']})",
+              "Acc_MR": r["Acc_MR"], "Acc_MS before": before.get((r["attack"], r["labels"], r["Q"])), "Q": r["Q"],
+              "m": r["m"], "N": r["N"], "Acc_MF": r["Acc_MF"], "Acc_MS after": r["Acc_MS"],
+              "KL_test": r["KL_test"], "status": r["status"]} for r in results]
+    st.dataframe(table, hide_index=True, column_config={
+        k: st.column_config.NumberColumn(format="%.4f") for k in ("Acc_MR", "Acc_MS before", "Acc_MF", "Acc_MS after")
+    } | {"KL_test": st.column_config.NumberColumn(format="%.2e")})
+    views.explain("Acc_MS before: the same attack on the unprotected original (when you ran it). Acc_MF and KL_test: "
+                  "what honest users get from the target behind its defence, against the original M_R.")
+    views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in results],
+                            "attack_results")
+    if st.button("Clear results", key="a_clear"):
+        results.clear()
+        st.rerun()
+else:
+    st.caption("No finished attacks in this session yet.")
+
+for i, report in enumerate(st.session_state.get("attack_sweeps", [])):
+    if not report["rows"]:
+        continue
+    from core.experiments import sweep_figure
+
+    x = "epoch" if "epoch" in report["rows"][0] else "margin"
+    st.subheader("Fig. 4 (toy): surrogate accuracy vs AdvFT epochs N" if x == "epoch" else
+                 "Margin sweep (toy): protection vs fidelity")
+    st.plotly_chart(sweep_figure(report, x), key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
+    st.dataframe(report["rows"], hide_index=True)
+views.set_ui_state(ui)
