@@ -124,7 +124,7 @@ def test_start_records_a_run_and_reset_stops_it(env):
     deadline = time.time() + 90
     while not list(env.glob("*/snapshots/epoch_0000.pt")) and time.time() < deadline:
         time.sleep(0.2)
-    run = RunDir(next(env.iterdir()))
+    run = RunDir(next(env.glob("*/snapshots/epoch_0000.pt")).parent.parent)
     assert run.config()["advft"]["i_f"] == 400 and run.config()["preset"] == "lecture"
     assert at.query_params["run"] == run.name  # the URL names the run: a reload reopens it
     at.button(key="t_reset").click().run()
@@ -152,8 +152,12 @@ def finished_run(tmp_path_factory, mnist):
     """A real run folder made the way the app makes one (core.pipeline + RunRecorder). Marked
     'stopped' rather than 'finished': finishing scores M_F on all 60k training images, which the
     page does not need and the suite cannot afford."""
+    from core.data import Dataset
+
     model, data = load_victim(MNIST_VICTIM, None)
-    trainer = new_trainer(model, data, tiny_config(), data_dir=None)
+    small = Dataset("mnist", data.x_train[:2000], data.y_train[:2000], data.x_test[:1000], data.y_test[:1000],
+                    data.source)  # each epoch scores M_F on the test set: 1k images keep the fixture quick
+    trainer = new_trainer(model, small, tiny_config(), data_dir=None)
     run = RunDir(tmp_path_factory.mktemp("made") / "tiny-m10")
     recorder = RunRecorder(run, trainer, str(MNIST_VICTIM), preset="lecture")
     trainer.run(on_epoch=lambda record: recorder.epoch_done())
