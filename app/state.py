@@ -111,6 +111,10 @@ class UIState:
         if preset not in UI_PRESETS:
             warnings.append(f"preset '{preset}' is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
             preset = "lecture"
+        elif not preset_available(preset):
+            warnings.append(f"preset '{preset}' needs its victim, which is not trained here ({FIG5_COMMAND}); "
+                            f"using 'lecture'")
+            preset = "lecture"
         state = cls.from_preset(preset)
         changes: dict = {}
 

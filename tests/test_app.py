@@ -56,6 +56,9 @@ def test_url_state_round_trips_and_survives_bad_values():
     assert len(warnings) == 8
     assert any("margin must be a finite number > 0" in w for w in warnings)  # core's own message
     assert any("lr_f must be in (0, 1]" in w for w in warnings)
+    if not victim_path(UI_PRESETS["fig5"].victim).is_file():
+        state, warnings = UIState.from_query({"preset": "fig5"})
+        assert state.preset == "lecture" and "train-victim" in warnings[0]
 
 
 def test_for_run_reopens_with_the_runs_own_settings():
