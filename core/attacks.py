@@ -341,7 +341,8 @@ class _Scoreboard:
         self.x_test, self.y_test = data.x_test[:config.eval_size], data.y_test[:config.eval_size]
         target_logits = outputs(api.model, self.x_test, api.device)[1]
         self.target_logits = target_logits
-        self.result = AttackResult(config.attack, api.labels, defence.name, api.remaining or config.queries,
+        budget = api.remaining if api.remaining is not None else config.queries
+        self.result = AttackResult(config.attack, api.labels, defence.name, budget,
                                    target_acc=accuracy(target_logits, self.y_test),
                                    config=asdict(config), defence_config=asdict(defence))
         self._progress = progress or (lambda r: None)
@@ -654,7 +655,9 @@ def dfme(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Defence
     Each iteration: g_iter generator steps, each estimating dL/dx by forward differences along m random
     unit directions in G's pre-tanh output (m + 1 queries per sample), with L = -student loss (G seeks
     queries where the student is wrong); then d_iter student steps on fresh G samples (1 query each).
-    Hard labels: the same, with cross-entropy on the returned labels as the loss of both players.
+    Hard labels: the same, with cross-entropy on the returned labels as the loss of both players. At small
+    budgets on the MNIST victim G's samples collapse onto the class the victim answers most (8) and the
+    student with them; Sanyal et al.'s hard-label DFMS adds a proxy data set and a class-diversity loss.
     Iterations = budget // (batch x (g_iter x (m + 1) + d_iter)); the remainder is left unspent.
     """
     t0 = time.perf_counter()

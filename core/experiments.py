@@ -184,7 +184,8 @@ def write_experiment(out: Path, name: str, report: dict, figure) -> list[str]:
     writer.writerows(rows)
     atomic_write_bytes(out / f"{name}.csv", buf.getvalue().encode())
     atomic_write_json(out / f"{name}.json", report)
-    atomic_write_bytes(out / f"{name}.html", figure.to_html(include_plotlyjs="cdn").encode())
+    # plotly.js embedded (~4 MB) so the figure opens offline, like the rest of the project
+    atomic_write_bytes(out / f"{name}.html", figure.to_html(include_plotlyjs=True).encode())
     try:
         atomic_write_bytes(out / f"{name}.png", figure.to_image(format="png"))
         return [f"wrote {name}.csv, .json, .html, .png in {out}"]
@@ -231,7 +232,8 @@ def _load_target(name: str, data_dir, device) -> tuple[Classifier, Dataset]:
 
 def _attack_config(a) -> AttackConfig:
     return AttackConfig(attack=a.attack, labels=a.labels, queries=a.queries, surrogate=a.surrogate, seed=a.seed,
-                        sampling=a.sampling, transfer=a.transfer).validate()
+                        sampling=a.sampling, transfer=a.transfer, rounds=a.rounds, evals=a.rounds,
+                        eval_size=a.eval_size).validate()
 
 
 def _advft_config(a) -> AdvFTConfig:
@@ -274,11 +276,16 @@ def cmd_attack(a) -> int:
     return 0
 
 
-def cmd_table(a) -> int:
+def _experiment_setup(a):
+    """(device, attack config, victim name, victim, its data) for `table` and `sweep`."""
     device = pick_device(a.device)
     attack = _attack_config(a)
     victim_name = a.victim or PRESETS[a.preset]["victim"]
-    victim, data = _load_target(victim_name, a.data_dir, device)
+    return (device, attack, victim_name, *_load_target(victim_name, a.data_dir, device))
+
+
+def cmd_table(a) -> int:
+    device, attack, victim_name, victim, data = _experiment_setup(a)
     protected = None
     if a.protected:
         protected = load_model(a.protected, device)
@@ -299,10 +306,7 @@ def cmd_table(a) -> int:
 
 
 def cmd_sweep(a) -> int:
-    device = pick_device(a.device)
-    attack = _attack_config(a)
-    victim_name = a.victim or PRESETS[a.preset]["victim"]
-    victim, data = _load_target(victim_name, a.data_dir, device)
+    device, attack, victim_name, victim, data = _experiment_setup(a)
     advft = _advft_config(a)
     t0 = time.perf_counter()
     if a.kind == "epochs":
@@ -357,7 +361,7 @@ def _csv_epochs(text: str) -> list[int]:
 
 
 def _attack_args(p, target_flag: str) -> None:
-    from .cli import _common, _positive_int
+    from .cli import _common, _int_at_least, _positive_int
 
     d = AttackConfig()
     if target_flag == "--target":
@@ -373,6 +377,10 @@ def _attack_args(p, target_flag: str) -> None:
     p.add_argument("--sampling", default=d.sampling, choices=list(SAMPLINGS), help="KnockoffNets' query policy")
     p.add_argument("--transfer", default=d.transfer,
                    help="KnockoffNets' transfer set: cifar10 (offline crops when absent), natural, or an .npz path")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds,
+                   help=f"points on the accuracy-vs-queries curve (KnockoffNets: query/train rounds; default {d.rounds})")
+    p.add_argument("--eval-size", type=_int_at_least(10), default=d.eval_size,
+                   help=f"ID test images the surrogate is scored on (default {d.eval_size})")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="folder for the results")
     _common(p)
