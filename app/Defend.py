@@ -272,8 +272,10 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
     if job and active and slow != v.slow:
         job.set_slow_motion(slow)
     run = RunDir(views.runs_dir() / ui.run) if ui.run else None
-    if not active and run is not None and run.status().get("status") in ("stopped", "failed") \
-            and (run.path / "state.pt").is_file():
+    # Stopped, failed, or interrupted (says running/paused, but no job of this server writes it).
+    resumable = run is not None and run.status().get("status") in ("stopped", "failed", "running", "paused") \
+        and run.path.resolve() not in job_slots().running_dirs()
+    if not active and resumable and (run.path / "state.pt").is_file():
         cols[6].button("Resume run", on_click=resume, args=(run,), key="t_resume", width="stretch",
                        help="Continue this run from its last finished epoch")
     cols[7].button("Reset", on_click=reset, key="t_reset", width="stretch",
