@@ -304,15 +304,12 @@ class Job:
 
     @staticmethod
     def _manual_step(trainer, kind: str) -> None:
-        """One extra update of G or M_F outside Algorithm 1's schedule (GAN Lab's 'step G / step D').
-        The engine adds its loss to the epoch's running sums; those sums average the scheduled
-        steps only, so they are put back (the epoch record stays the schedule's)."""
-        sums = dict(trainer._sums)
+        """One extra update of G or M_F outside Algorithm 1's schedule (GAN Lab's 'step G / step D');
+        the engine keeps it out of the epoch's mean losses."""
         if kind == "g":
             trainer.step_generator()
         else:
             trainer.step_model()
-        trainer._sums = sums
 
 
 def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:

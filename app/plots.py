@@ -35,7 +35,7 @@ def theme(style: str) -> dict:
     return t
 
 
-def _layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
+def style_layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
     t = theme(style)
     extra.setdefault("margin", dict(l=10, r=10, t=50, b=10))
     fig.update_layout(
@@ -204,7 +204,7 @@ def fig5_panels(snapshot: dict, proj: Projection, ranges: Ranges, classes, style
     _square_axes(fig, ranges, 2)
     fig.layout.annotations[0].font.color = t["roles"]["m_r"]
     fig.layout.annotations[1].font.color = t["roles"]["m_f"]
-    return _layout(fig, style, height, uirevision="fig5")
+    return style_layout(fig, style, height, uirevision="fig5")
 
 
 def refresh_fig5(fig: go.Figure, snapshot: dict, proj: Projection, ranges: Ranges,
@@ -236,7 +236,7 @@ def small_multiples(snapshots: list[tuple[str, dict]], proj: Projection, ranges:
     _square_axes(fig, ranges, len(snapshots))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    return _layout(fig, style, height, showlegend=False)
+    return style_layout(fig, style, height, showlegend=False)
 
 
 # ---------------------------------------------------------------- generator samples
@@ -257,7 +257,7 @@ def gen_grid(images, style: str = "screen", cols: int = 4, height: int = 330) ->
     fig = go.Figure(go.Image(z=tile, hoverinfo="skip"))
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    return _layout(fig, style, height, margin=dict(l=0, r=0, t=10, b=0))
+    return style_layout(fig, style, height, margin=dict(l=0, r=0, t=10, b=0))
 
 
 # ---------------------------------------------------------------- curves
@@ -293,7 +293,7 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
             if log:
                 fig.update_yaxes(type="log", row=row + 1, col=col + 1)
     fig.update_xaxes(title_text="epoch", row=2)
-    return _layout(fig, style, height, uirevision="curves")
+    return style_layout(fig, style, height, uirevision="curves")
 
 
 # ---------------------------------------------------------------- export

@@ -209,7 +209,8 @@ class AdvFT:
         self.fixed_z = torch.randn(16, config.latent_dim, generator=fixed)
         self._ref_probe = {"id": outputs(self.reference, self.probe_id, self.device)[0],
                            "ood": outputs(self.reference, self.probe_ood, self.device)[0]}
-        self.history.append(self._record(losses={}))
+        # Epoch 0: M_F is still a copy of M_R, so its record follows from M_R's outputs alone.
+        self.history.append({"epoch": 0, **self.evaluator.identical(), "seconds": 0.0})
 
     # ------------------------------------------------------------ steps
     @property
@@ -234,7 +235,6 @@ class AdvFT:
             p.grad = g
         self.opt_g.step()
         value = loss.item()
-        self._sums["l_g"] += value
         self.last_losses["l_g"] = value
         return value
 
@@ -255,8 +255,6 @@ class AdvFT:
         self.opt_f.step()
         self.sched_f.step()
         values = {"l_f": loss.item(), "l_f1": l1.item(), "l_f2": l2.item()}
-        for k, v in values.items():
-            self._sums[k] += v
         self.last_losses.update(values)
         return values
 
@@ -265,11 +263,14 @@ class AdvFT:
         if self.finished:
             return None
         t0 = time.perf_counter()
+        # Only these scheduled steps count in the epoch's mean losses; a UI may call step_generator()
+        # or step_model() on their own as extra updates ("step G / step D") without skewing them.
         if self.phase == "G":
-            self.step_generator()
+            self._sums["l_g"] += self.step_generator()
             self.g_done += 1
         else:
-            self.step_model()
+            for k, v in self.step_model().items():
+                self._sums[k] += v
             self.f_done += 1
         self.seconds += time.perf_counter() - t0
         if self.f_done >= self.config.i_f:

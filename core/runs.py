@@ -91,22 +91,29 @@ class RunDir:
     def write_config(self, config: dict) -> None:
         atomic_write_json(self.path / "config.json", config)
 
+    def _existing(self, name: str) -> Path:
+        """Where to write a file of a run that must already exist: a run folder deleted underneath a
+        live job is an error, not something to recreate half-empty (list_runs would never show it)."""
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(f"run folder '{self.path}' was deleted (or never created)")
+        return self.path / name
+
     def write_status(self, status: str, message: str = "", **extra) -> None:
-        atomic_write_json(self.path / "status.json", {"status": status, "message": message, **extra})
+        atomic_write_json(self._existing("status.json"), {"status": status, "message": message, **extra})
 
     def write_history(self, history: list[dict]) -> None:
         # Rewritten whole (it is small), so a kill mid-write can never leave a torn last line.
-        atomic_write_bytes(self.path / "history.jsonl",
+        atomic_write_bytes(self._existing("history.jsonl"),
                            "".join(json.dumps(h, default=_json_default) + "\n" for h in history).encode())
 
     def write_metrics(self, metrics: dict) -> None:
-        atomic_write_json(self.path / "metrics.json", metrics)
+        atomic_write_json(self._existing("metrics.json"), metrics)
 
     def save_state(self, state: dict) -> None:
-        atomic_torch_save(state, self.path / "state.pt")
+        atomic_torch_save(state, self._existing("state.pt"))
 
     def save_snapshot(self, epoch: int, snapshot: dict) -> None:
-        atomic_torch_save(snapshot, self.path / "snapshots" / f"epoch_{epoch:04d}.pt")
+        atomic_torch_save(snapshot, self._existing("snapshots") / f"epoch_{epoch:04d}.pt")
 
     # ------------------------------------------------------------------ reading
     def config(self) -> dict:
@@ -120,7 +127,7 @@ class RunDir:
             lines = (self.path / "history.jsonl").read_text().splitlines()
         except OSError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]
+        return [json.loads(line) for line in lines if line.strip()]  # ValueError on a damaged file
 
     def metrics(self) -> dict | None:
         return read_json(self.path / "metrics.json")
@@ -150,5 +157,10 @@ def list_runs(root: str | Path) -> list[RunDir]:
     root = Path(root)
     if not root.is_dir():
         return []
-    runs = [RunDir(p) for p in root.iterdir() if (p / "config.json").is_file()]
-    return sorted(runs, key=lambda r: (r.path / "config.json").stat().st_mtime, reverse=True)
+    dated = []
+    for p in root.iterdir():
+        try:
+            dated.append(((p / "config.json").stat().st_mtime, RunDir(p)))
+        except OSError:  # not a run, or deleted while we looked
+            continue
+    return [run for _, run in sorted(dated, key=lambda t: t[0], reverse=True)]

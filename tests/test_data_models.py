@@ -123,3 +123,20 @@ def test_torchvision_folder_is_read_when_there_is_no_npz(tmp_path, mnist):
     ds = load_dataset("mnist", tmp_path, download=False)
     assert "torchvision" in ds.source and ds.x_train.shape == (500, 1, 28, 28)
     assert torch.equal(ds.x_test, mnist.x_test[:200]) and torch.equal(ds.y_train, mnist.y_train[:500])
+
+
+def test_run_folder_survives_damage_and_is_not_recreated(tmp_path):
+    from core.runs import RunDir, list_runs
+
+    run = RunDir(tmp_path / "r1")
+    run.write_config({"advft": {}})
+    run.write_history([{"epoch": 0}, {"epoch": 1}])
+    with open(run.path / "history.jsonl", "a") as f:
+        f.write('{"epoch": 2, "acc\n')  # damaged by hand
+    with pytest.raises(ValueError):
+        run.history()  # loudly: the app reports it for that run only
+    assert [r.name for r in list_runs(tmp_path)] == ["r1"]
+    run.delete()
+    with pytest.raises(FileNotFoundError, match="deleted"):
+        run.write_status("running")
+    assert not run.path.exists() and list_runs(tmp_path) == []

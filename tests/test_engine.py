@@ -88,3 +88,20 @@ def test_non_finite_loss_stops_with_a_message(victim, mnist_small, cifar_probe):
     with pytest.raises(TrainingDiverged, match="lower the learning rates"):
         for _ in range(5):
             t.step()
+
+
+def test_epoch_zero_record_matches_a_real_evaluation(victim, mnist_small, cifar_probe):
+    t = make(victim, mnist_small, cifar_probe)
+    measured = t.evaluator(t.model)
+    for key, value in t.history[0].items():
+        if key in measured:
+            assert measured[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_extra_updates_stay_out_of_the_epoch_means(victim, mnist_small, cifar_probe):
+    plain = make(victim, mnist_small, cifar_probe, i_g=1, i_f=2)
+    extra = make(victim, mnist_small, cifar_probe, i_g=1, i_f=2)
+    plain.step()
+    extra.step()
+    extra.step_model()  # an extra M_F update outside the schedule ("step D")
+    assert extra._sums == plain._sums and extra.g_done == 1 and extra.f_done == 0

@@ -57,7 +57,7 @@ def curve_figure(curves: dict[str, list[dict]], style: str) -> go.Figure:
                                  marker=dict(size=t["marker_size"] + 1)))
     fig.update_xaxes(title_text="queries")
     fig.update_yaxes(title_text="surrogate test accuracy", range=[0, 1.02])
-    fig = plots._layout(fig, style, 380, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
+    fig = plots.style_layout(fig, style, 380, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
     return fig.update_layout(legend=dict(orientation="h", y=-0.25))
 
 
