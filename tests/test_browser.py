@@ -119,7 +119,12 @@ def test_train_watch_export_reload(data_dir, tmp_path):
         page.wait_for_function(f"before => {{ const now = ({MF_POINTS})(); return now !== null && now !== before; }}",
                                arg=before, timeout=90_000)
 
+        page.get_by_role("button", name="Pause").click()
+        wait_state(page, ("paused",))
+        link = page.url
+
         # The toolbar's camera downloads the chart at the Export settings (1600 x 800 at 3x by default).
+        # Done while paused: a live chart is redrawn under the pointer twice a second.
         chart = page.locator(".js-plotly-plot").first
         chart.hover()
         with page.expect_download(timeout=60_000) as download:
@@ -127,10 +132,6 @@ def test_train_watch_export_reload(data_dir, tmp_path):
         saved = tmp_path / download.value.suggested_filename
         download.value.save_as(saved)
         assert saved.suffix == ".png" and png_size(saved.read_bytes()) == (4800, 2400)
-
-        page.get_by_role("button", name="Pause").click()
-        wait_state(page, ("paused",))
-        link = page.url
         assert "run=" in link and "margin=12" in link and "i_f=400" in link
 
         page.reload()
