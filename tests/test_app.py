@@ -3,6 +3,7 @@ Runs page with real (tiny) runs, the background job, and the projection for wide
 Live refresh needs a browser: see tests/test_browser.py."""
 
 import json
+import struct
 import time
 
 import pytest
@@ -296,3 +297,18 @@ def test_live_refresh_matches_a_rebuild(mnist, victim, cifar_probe):
     rebuilt = plots.fig5_panels(later, proj, ranges, mnist.classes)
     assert live.to_json() == rebuilt.to_json()
     assert live.to_json() != plots.fig5_panels(first, proj, ranges, mnist.classes).to_json()
+
+
+@pytest.mark.skipif(not plots.static_export_status()[0], reason="kaleido or Chromium not installed")
+def test_server_side_export_renders_the_fig5_panels(mnist_small, victim, cifar_probe):
+    from core.advft import AdvFT
+
+    snapshot = AdvFT(victim, tiny_config(), mnist_small, cifar_probe).snapshot()
+    proj = plots.Projection(snapshot["id_ref"], "pca")
+    points = plots.panel_points(snapshot, proj, "ref")
+    fig = plots.fig5_panels(snapshot, proj, plots.Ranges.around(points.id, points.ood, points.gen), mnist_small.classes,
+                            style="presentation")
+    png = plots.render_static(fig, "png", 800, 400, 3)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (2400, 1200)
+    svg = plots.render_static(fig, "svg", 800, 400, 3)
+    assert b"<svg" in svg[:500]
