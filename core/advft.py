@@ -21,6 +21,7 @@ M_F stays in eval mode throughout (BatchNorm statistics frozen, as in the author
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, fields, replace
@@ -180,12 +181,6 @@ class AdvFT:
         self.model.head.requires_grad_(False)  # Algorithm 1, line 2: the last layer is frozen
         self.generator = Generator(config.latent_dim, data.shape, config.gen_width).to(self.device)
         self.model_params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g)
-        self.opt_f = torch.optim.Adam(self.model_params, lr=config.lr_f)
-        total_f = config.epochs * config.i_f
-        self.sched_f = torch.optim.lr_scheduler.LambdaLR(
-            self.opt_f, (lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_f) / total_f)))
-            if config.lr_schedule == "cosine" else (lambda s: 1.0))
         self.rng = torch.Generator().manual_seed(config.seed + 1)  # batches and noise
 
         # Position in Algorithm 1 and per-epoch loss sums.
@@ -211,6 +206,24 @@ class AdvFT:
                            "ood": outputs(self.reference, self.probe_ood, self.device)[0]}
         # Epoch 0: M_F is still a copy of M_R, so its record follows from M_R's outputs alone.
         self.history.append({"epoch": 0, **self.evaluator.identical(), "seconds": 0.0})
+
+    # ------------------------------------------------------------ optimisers, built on first use:
+    # the first optimiser of a process imports torch._dynamo (~1.6 s on a 2-core CPU), which a
+    # trainer that is only asked for its epoch-0 snapshot (the app's preview of M_R) never needs.
+    @functools.cached_property
+    def opt_g(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.generator.parameters(), lr=self.config.lr_g)
+
+    @functools.cached_property
+    def opt_f(self) -> torch.optim.Adam:
+        return torch.optim.Adam(self.model_params, lr=self.config.lr_f)
+
+    @functools.cached_property
+    def sched_f(self) -> torch.optim.lr_scheduler.LambdaLR:
+        total = self.config.epochs * self.config.i_f
+        cosine = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))  # noqa: E731
+        return torch.optim.lr_scheduler.LambdaLR(self.opt_f, cosine if self.config.lr_schedule == "cosine"
+                                                 else (lambda s: 1.0))
 
     # ------------------------------------------------------------ steps
     @property

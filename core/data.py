@@ -98,10 +98,15 @@ def _nchw(images: np.ndarray) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous()  # N, H, W, C -> N, C, H, W
 
 
-def _from_npz(path: Path, name: str) -> Dataset:
+def _from_npz(path: Path, name: str, splits: tuple[str, ...]) -> Dataset:
+    """Reads only the requested splits (the archives are compressed: CIFAR-10's train split alone
+    takes a second to inflate); a split not asked for is left empty."""
+    c, h, w = DATASETS[name].shape
+    empty = {"x": np.zeros((0, h, w) if c == 1 else (0, h, w, c), np.uint8), "y": np.zeros(0, np.int64)}
     try:
         with np.load(path) as z:
-            arrays = {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+            arrays = {f"{k}_{s}": z[f"{k}_{s}"] if s in splits else empty[k]
+                      for k in ("x", "y") for s in ("train", "test")}
     except KeyError as e:
         raise DataError(f"{path} lacks the array {e}; expected x_train, y_train, x_test, y_test") from None
     except Exception as e:  # zip/pickle errors from a corrupted file
@@ -114,7 +119,7 @@ def _from_npz(path: Path, name: str) -> Dataset:
         torch.from_numpy(arrays["y_test"].astype(np.int64)),
         source=f"npz file {path}",
     )
-    if ds.shape != DATASETS[name].shape:
+    if ds.shape != DATASETS[name].shape or ds.x_test.shape[1:] != ds.x_train.shape[1:]:
         raise DataError(f"{path} holds images of shape {ds.shape}, expected {DATASETS[name].shape} for {name}")
     return ds
 
@@ -153,27 +158,29 @@ def _offline_digits() -> Dataset:
 _CACHE: dict[tuple, Dataset] = {}
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True) -> Dataset:
-    """Load an ID dataset by name; raises DataError with a message a user can act on."""
+def load_dataset(name: str, data_dir: str | Path | None = None, download: bool = True,
+                 splits: tuple[str, ...] = ("train", "test")) -> Dataset:
+    """Load an ID dataset by name; raises DataError with a message a user can act on.
+    `splits=("test",)` may leave the training split empty (npz sources read only what is asked)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     root = resolve_data_dir(str(data_dir) if data_dir else None)
-    key = (name, str(root.resolve()))
-    if key in _CACHE:
-        return _CACHE[key]
+    full, part = (name, str(root.resolve()), ("train", "test")), (name, str(root.resolve()), tuple(splits))
+    if full in _CACHE or part in _CACHE:
+        return _CACHE.get(full) or _CACHE[part]
     if name == "digits":
         ds = _offline_digits()
     else:
-        ds = _find(name, root, download)
-    _CACHE[key] = ds
+        ds = _find(name, root, download, tuple(splits))
+    _CACHE[part] = ds
     return ds
 
 
-def _find(name: str, root: Path, download: bool) -> Dataset:
+def _find(name: str, root: Path, download: bool, splits: tuple[str, ...]) -> Dataset:
     candidates = [root / f"{name}.npz"] + ([root / "fashion_mnist.npz"] if name == "fmnist" else [])
     for path in candidates:
         if path.is_file():
-            return _from_npz(path, name)
+            return _from_npz(path, name, splits)
     try:
         return _from_torchvision(root, name, download=False)
     except Exception:
@@ -262,7 +269,7 @@ def load_ood(source: str, shape: tuple[int, int, int], n: int, data_dir: str | P
         return ImageSet(x, "uniform noise")
     if source == "cifar10":
         try:
-            ds = load_dataset("cifar10", data_dir, download=False)
+            ds = load_dataset("cifar10", data_dir, download=False, splits=(split,))
             pool = ds.x_test if split == "test" else ds.x_train
             idx = torch.randperm(len(pool), generator=g)[:n]
             return ImageSet(convert_images(pool[idx], shape), f"CIFAR-10 {split} ({ds.source}), as {shape}")

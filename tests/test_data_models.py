@@ -140,3 +140,14 @@ def test_run_folder_survives_damage_and_is_not_recreated(tmp_path):
     with pytest.raises(FileNotFoundError, match="deleted"):
         run.write_status("running")
     assert not run.path.exists() and list_runs(tmp_path) == []
+
+
+def test_a_test_split_alone_reads_only_that_split(data_dir):
+    from core.data import _CACHE
+
+    _CACHE.clear()  # so that this really reads the archive
+    part = load_dataset("cifar10", data_dir, splits=("test",))
+    assert part.x_test.shape == (10000, 3, 32, 32) and part.x_train.shape == (0, 3, 32, 32)
+    full = load_dataset("cifar10", data_dir)
+    assert full.x_train.shape == (50000, 3, 32, 32) and torch.equal(full.x_test, part.x_test)
+    assert load_dataset("cifar10", data_dir, splits=("test",)) is full  # the full set serves any request
