@@ -263,10 +263,11 @@ class AdvFT:
         loss, l1, l2 = fine_tune_loss(f[:bs], f_ref[:bs], f[bs:], f_ref[bs:], self.config.margin,
                                       self.config.distance, self.config.fake_reduce)
         self._check(loss, "L_F")
+        sched = self.sched_f  # built (with opt_f) before the first optimiser step, as LambdaLR expects
         self.opt_f.zero_grad(set_to_none=True)
         loss.backward()
         self.opt_f.step()
-        self.sched_f.step()
+        sched.step()
         values = {"l_f": loss.item(), "l_f1": l1.item(), "l_f2": l2.item()}
         self.last_losses.update(values)
         return values
