@@ -30,11 +30,9 @@ def preset_victim(preset: str) -> Path:
     return victim_path(PRESETS[preset]["victim"])
 
 
-def load_victim(path: str | Path, data_dir=None, device="cpu", dataset: str | None = None) -> tuple[Classifier, Dataset]:
+def load_victim(path: str | Path, data_dir=None, device="cpu") -> tuple[Classifier, Dataset]:
     """The victim and its ID dataset; errors if the data on disk does not fit the checkpoint."""
     model = load_model(path, device)
-    if dataset and dataset != model.dataset:
-        raise CheckpointError(f"'{path}' was trained on {model.dataset}, not {dataset}")
     data = load_dataset(model.dataset, data_dir)
     probe = data.x_test[:2].float().to(device)
     try:
