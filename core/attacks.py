@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .advft import ConfigError, Generator
-from .data import DATASETS, DataError, Dataset, convert_images, load_dataset, load_ood, to_float
+from .data import DATASETS, DataError, Dataset, convert_images, load_dataset, load_ood, nchw, to_float
 from .metrics import accuracy, agreement, outputs
 from .models import FULL_WIDTH, Classifier, build_model
 
@@ -453,11 +453,8 @@ def transfer_pool(source: str, shape: tuple[int, int, int], need: int, data_dir=
             y = z["y_train"] if "y_train" in z else None
     except Exception as e:
         raise DataError(f"transfer set '{path}' is not a readable .npz with x_train ({type(e).__name__}: {e})") from None
-    t = torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))
-    if t.ndim == 3:
-        t = t.unsqueeze(1)
-    elif t.ndim == 4 and t.shape[-1] in (1, 3):
-        t = t.permute(0, 3, 1, 2).contiguous()
+    x = x.astype(np.uint8)
+    t = nchw(x) if x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3)) else torch.from_numpy(x)
     if t.ndim != 4 or t.shape[1] not in (1, 3):
         raise DataError(f"transfer set '{path}': x_train has shape {tuple(x.shape)}, expected N images")
     if y is not None:

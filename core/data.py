@@ -91,7 +91,8 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
-def _nchw(images: np.ndarray) -> torch.Tensor:
+def nchw(images: np.ndarray) -> torch.Tensor:
+    """uint8 images as N,H,W (grey) or N,H,W,C -> an N,C,H,W tensor."""
     t = torch.from_numpy(np.ascontiguousarray(images))
     if t.ndim == 3:  # N, H, W (MNIST)
         return t.unsqueeze(1)
@@ -113,9 +114,9 @@ def _from_npz(path: Path, name: str, splits: tuple[str, ...]) -> Dataset:
         raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
     ds = Dataset(
         name,
-        _nchw(arrays["x_train"].astype(np.uint8)),
+        nchw(arrays["x_train"].astype(np.uint8)),
         torch.from_numpy(arrays["y_train"].astype(np.int64)),
-        _nchw(arrays["x_test"].astype(np.uint8)),
+        nchw(arrays["x_test"].astype(np.uint8)),
         torch.from_numpy(arrays["y_test"].astype(np.int64)),
         source=f"npz file {path}",
     )
@@ -133,7 +134,7 @@ def _from_torchvision(root: Path, name: str, download: bool) -> Dataset:
         ds = cls(root=str(root), train=train, download=download)
         x = np.asarray(ds.data.numpy() if hasattr(ds.data, "numpy") else ds.data)
         y = np.asarray(ds.targets.numpy() if hasattr(ds.targets, "numpy") else ds.targets)
-        splits += [_nchw(x.astype(np.uint8)), torch.from_numpy(y.astype(np.int64))]
+        splits += [nchw(x.astype(np.uint8)), torch.from_numpy(y.astype(np.int64))]
     how = "downloaded into" if download else "read from"
     return Dataset(name, *splits, source=f"torchvision {cls.__name__} {how} {root}")
 
