@@ -136,19 +136,22 @@ class AdaptiveMisinformation:
         return (1 - a) * p + a * F.softmax(self.misinformation(x).float(), 1)
 
 
-def train_misinformation_model(model: nn.Module, data: Dataset, steps: int = 300, batch_size: int = 128,
-                               lr: float = 1e-3, seed: int = 0) -> nn.Module:
-    """A copy of the model fine-tuned on the ID training data to minimise -log(1 - P(correct class)).
+def train_misinformation_model(model: Classifier, data: Dataset, steps: int = 300, batch_size: int = 128,
+                               lr: float = 1e-2, seed: int = 0) -> Classifier:
+    """A copy of the model whose last layer is fine-tuned on the ID training data to minimise
+    -log(1 - P(correct class)), Kariyappa & Qureshi's misinformation objective.
 
-    That is Kariyappa & Qureshi's misinformation objective: the model keeps the victim's features and
-    architecture but puts its mass on wrong classes. Starting from the victim's weights makes a few
-    hundred steps enough (a few seconds on a CPU); the result scores ~0% on the ID test set.
+    Only the head is trained, on the victim's frozen features: fine-tuning the whole network let the
+    2-D bottleneck collapse every input to one point (near-uniform answers, loss -log 0.9 for all),
+    a useless misinformation model. The head alone learns, in ~2 s on a CPU, confident answers that
+    are wrong on ~99.6% of the MNIST test set.
     """
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    mis = copy.deepcopy(model).train().requires_grad_(True)
-    opt = torch.optim.Adam(mis.parameters(), lr=lr)
+    mis = copy.deepcopy(model).eval().requires_grad_(False)
+    mis.head.requires_grad_(True)
+    opt = torch.optim.Adam(mis.head.parameters(), lr=lr)
     for _ in range(steps):
         idx = torch.randint(len(data.x_train), (batch_size,), generator=g)
         logits = mis(to_float(data.x_train[idx]).to(device))
@@ -159,7 +162,7 @@ def train_misinformation_model(model: nn.Module, data: Dataset, steps: int = 300
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return mis.eval().requires_grad_(False)
+    return mis.requires_grad_(False)
 
 
 def make_defence(config: DefenceConfig, model: nn.Module, data: Dataset | None = None):
@@ -248,7 +251,10 @@ class AttackConfig:
     epochs: int = 20               # passes over the transfer set, in total
     batch_size: int = 64
     lr: float = 3e-3               # Adam, cosine-decayed to 0 over training (best of 3e-4..1e-2 measured)
-    rounds: int = 10               # query/train rounds = points on the accuracy-vs-queries curve
+    # Query/train rounds = points on the accuracy-vs-queries curve. 1 = KnockoffNets' own procedure
+    # (query the whole budget, then train), the most accurate: against the MNIST lenet2d victim, 10
+    # rounds of the same total training reached 80-87% where 1 round reached 84-90% (seeds 0-2).
+    rounds: int = 1
     bandit_lr: float = 0.1
     # DFME
     dfme_batch: int = 128
@@ -556,7 +562,7 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
     The budget is spent in `rounds` equal rounds: query the round's images, then train the surrogate
     for its share of the steps on everything answered so far, then score it (a curve point). The
     shares grow with the data (round k trains ~k times as long as round 1), and sum to `epochs` passes
-    over the final transfer set, as KnockoffNets' train-after-querying would.
+    over the final transfer set, as KnockoffNets' train-after-querying (rounds = 1) does.
     """
     t0 = time.perf_counter()
     config = config.validate()
@@ -582,6 +588,7 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
     bounds = [round(budget * k / config.rounds) for k in range(config.rounds + 1)]
     steps_per_round = [round(total_steps * q / sum(bounds[1:])) for q in bounds[1:]]
+    steps_per_pass = max(1, math.ceil(budget / config.batch_size))
 
     xs = torch.empty(budget, *data.shape, dtype=torch.uint8)
     answers = torch.empty(budget, len(data.classes))
@@ -601,9 +608,12 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
             got += n
         board.report("querying")
         surrogate.train()
-        for _ in range(steps_per_round[r]):
+        for step in range(steps_per_round[r]):
             if board.should_stop():
                 break
+            if step and step % steps_per_pass == 0:  # a progress line while a long round trains
+                board.report(f"training (round {r + 1} of {config.rounds}, "
+                             f"{step / steps_per_round[r]:.0%} of its steps)")
             idx = torch.randint(got, (config.batch_size,), generator=g)
             loss = soft_cross_entropy(surrogate(to_float(xs[idx]).to(device)), answers[idx].to(device))
             opt.zero_grad(set_to_none=True)

@@ -192,6 +192,8 @@ def cmd_runs(a) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .victim import VictimConfig
+
     p = argparse.ArgumentParser(prog="python -m core", description="AdvFT: adversarial fine-tuning against model extraction.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -201,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive_int, default=10)
     t.add_argument("--batch-size", type=_positive_int, default=128)
     t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--shift", type=_nonneg_int, default=2, help="random translation augmentation in pixels")
+    t.add_argument("--shift", type=_nonneg_int, default=VictimConfig.shift,
+                   help="random translation augmentation in pixels (default %(default)s)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True, help="folder; writes <dataset>_<arch>.pt and .json there")
     _common(t)

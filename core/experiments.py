@@ -232,7 +232,7 @@ def _load_target(name: str, data_dir, device) -> tuple[Classifier, Dataset]:
 
 def _attack_config(a) -> AttackConfig:
     return AttackConfig(attack=a.attack, labels=a.labels, queries=a.queries, surrogate=a.surrogate, seed=a.seed,
-                        sampling=a.sampling, transfer=a.transfer, rounds=a.rounds, evals=a.rounds,
+                        sampling=a.sampling, transfer=a.transfer, rounds=a.rounds, evals=a.evals,
                         eval_size=a.eval_size).validate()
 
 
@@ -378,7 +378,10 @@ def _attack_args(p, target_flag: str) -> None:
     p.add_argument("--transfer", default=d.transfer,
                    help="KnockoffNets' transfer set: cifar10 (offline crops when absent), natural, or an .npz path")
     p.add_argument("--rounds", type=_positive_int, default=d.rounds,
-                   help=f"points on the accuracy-vs-queries curve (KnockoffNets: query/train rounds; default {d.rounds})")
+                   help=f"KnockoffNets' query/train rounds = its accuracy-vs-queries points (default {d.rounds}: "
+                        "query the whole budget, then train)")
+    p.add_argument("--evals", type=_positive_int, default=d.evals,
+                   help=f"DFME's points on the accuracy-vs-queries curve (default {d.evals})")
     p.add_argument("--eval-size", type=_int_at_least(10), default=d.eval_size,
                    help=f"ID test images the surrogate is scored on (default {d.eval_size})")
     p.add_argument("--seed", type=int, default=0)

@@ -50,15 +50,20 @@ class Classifier(nn.Module):
 
 
 def _lenet_body(c: int, hw: int, widths: tuple[int, int], hidden: tuple[int, ...], feature_dim: int,
-                relu_features: bool) -> nn.Sequential:
+                relu_features: bool, dropout: tuple[float, float] = (0.0, 0.0)) -> nn.Sequential:
+    """conv-pool x 2, then fully connected layers; `dropout` = (before the first fc, before the last)."""
     flat = widths[1] * ((((hw - 4) // 2) - 4) // 2) ** 2
     layers: list[nn.Module] = [
         nn.Conv2d(c, widths[0], 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(widths[0], widths[1], 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
     ]
+    if dropout[0]:
+        layers.append(nn.Dropout(dropout[0]))
     dims = (flat, *hidden)
     for a, b in zip(dims[:-1], dims[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
+    if dropout[1]:
+        layers.append(nn.Dropout(dropout[1]))
     layers.append(nn.Linear(dims[-1], feature_dim))
     if relu_features:
         layers.append(nn.ReLU())
@@ -97,8 +102,12 @@ def _resnet18_body(c: int, widths: tuple[int, int, int, int], feature_dim: int, 
 
 # arch name -> (description, builder(c, hw) -> (body, feature_dim, head_bias))
 ARCHS = {
+    # Dropout instead of shift augmentation lifts the 2-D bottleneck past 99% on MNIST (98.6% without
+    # either) while keeping the victim as stealable as the paper's: a shift-augmented victim answered
+    # CIFAR-10 queries so uninformatively that KnockoffNets reached only ~59% (README, "Victims").
     "lenet2d": ("small LeNet, 2-D penultimate layer (CPU default)",
-                lambda c, hw: (_lenet_body(c, hw, (16, 32), (128,), 2, relu_features=False), 2, False)),
+                lambda c, hw: (_lenet_body(c, hw, (16, 32), (128,), 2, relu_features=False, dropout=(0.25, 0.5)),
+                               2, False)),
     "resnet18_2d": ("slim ResNet-18 (16/32/64/128), 2-D penultimate layer (paper Fig. 5)",
                     lambda c, hw: (_resnet18_body(c, (16, 32, 64, 128), 2, relu_features=False), 2, False)),
     "lenet": ("LeNet as in the authors' code (20/50 conv, 500-D features)",

@@ -62,7 +62,7 @@ def test_dp_keeps_top1_and_returns_a_different_distribution(victim, mnist, cifar
 
 
 def test_am_switches_on_its_threshold(victim, mnist):
-    mis = train_misinformation_model(victim, mnist, steps=40, seed=0)
+    mis = train_misinformation_model(victim, mnist, steps=100, seed=0)
     x = to_float(mnist.x_test[:300])
     assert (mis(x).argmax(1) != mnist.y_test[:300]).float().mean() > 0.9  # trained to be wrong
     with torch.no_grad():
@@ -120,14 +120,17 @@ def test_knockoff_is_deterministic_and_falls_back_offline(victim, mnist, tmp_pat
 
 @pytest.mark.parametrize("labels", ["soft", "hard"])
 def test_dfme_end_to_end_with_exact_accounting(victim, mnist, labels):
-    cfg = AttackConfig(**DF, labels=labels, queries=60 * 224 + 100)  # 60 iterations of 32 x (1 x 2 + 5) queries
+    # iterations of 32 x (1 x 2 + 5) queries; soft needs ~150 before the student leaves its first
+    # one-class answer on the committed victim (17% at 150, 19% at 300), hard is checked differently
+    n = 300 if labels == "soft" else 60
+    cfg = AttackConfig(**DF, labels=labels, queries=n * 224 + 100)
     assert cfg.queries_per_iteration == 224
     api = make_api(victim, DefenceConfig(), labels, cfg.queries)
     from core.attacks import dfme
 
     r = dfme(api, mnist, cfg)
-    assert r.queries == api.queries_used == 60 * 224 and r.extra["iterations"] == 60
-    assert [p["queries"] for p in r.curve] == [0, 30 * 224, 60 * 224]
+    assert r.queries == api.queries_used == n * 224 and r.extra["iterations"] == n
+    assert [p["queries"] for p in r.curve] == [0, n // 2 * 224, n * 224]
     if labels == "soft":
         assert r.surrogate_best_acc > 0.15, r.curve  # chance is 0.1
     else:
