@@ -250,7 +250,7 @@ class AttackConfig:
     transfer: str = "cifar10"      # cifar10 (falls back to offline natural crops) | natural | path to an .npz
     epochs: int = 20               # passes over the transfer set, in total
     batch_size: int = 64
-    lr: float = 3e-3               # Adam, cosine-decayed to 0 over training (best of 3e-4..1e-2 measured)
+    lr: float = 3e-3               # Adam, cosine-decayed to 0 (best of 3e-4..1e-2 against the first victim)
     # Query/train rounds = points on the accuracy-vs-queries curve. 1 = KnockoffNets' own procedure
     # (query the whole budget, then train), the most accurate: against the MNIST lenet2d victim, 10
     # rounds of the same total training reached 80-87% where 1 round reached 84-90% (seeds 0-2).
