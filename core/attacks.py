@@ -316,6 +316,7 @@ class AttackResult:
     budget: int
     status: str = "running"        # running | finished | stopped
     phase: str = "starting"        # what it is doing now, for a progress line
+    done: float = 0.0              # share of the attack's work done (training steps / DFME iterations), 0..1
     queries: int = 0               # queries used so far
     surrogate_acc: float | None = None        # latest (final once finished) surrogate test accuracy
     surrogate_best_acc: float | None = None   # best over the curve (DFME reports this one)
@@ -359,12 +360,14 @@ class _Scoreboard:
         self.stopped = self.stopped or bool(self._should_stop())
         return self.stopped
 
-    def report(self, phase: str) -> None:
+    def report(self, phase: str, done: float | None = None) -> None:
         r = self.result
         r.phase, r.queries, r.seconds = phase, self.api.queries_used, time.perf_counter() - self.t0
+        if done is not None:
+            r.done = min(1.0, done)
         self._progress(r)
 
-    def score(self, surrogate: nn.Module, phase: str = "evaluating", **extra) -> None:
+    def score(self, surrogate: nn.Module, phase: str = "evaluating", done: float | None = None, **extra) -> None:
         """Evaluate the surrogate now and add a curve point (at most one per query count)."""
         was_training = surrogate.training
         logits = outputs(surrogate.eval(), self.x_test, self.api.device)[1]
@@ -378,7 +381,7 @@ class _Scoreboard:
         else:
             r.curve.append(point)
         r.surrogate_best_acc = max(p["acc"] for p in r.curve)
-        self.report(phase)
+        self.report(phase, done)
 
     def finish(self, surrogate: nn.Module) -> AttackResult:
         if not self.result.curve or self.result.curve[-1]["queries"] != self.api.queries_used:
@@ -386,7 +389,7 @@ class _Scoreboard:
         r = self.result
         r.status = "stopped" if self.stopped else "finished"
         r.surrogate = surrogate.eval()
-        self.report(r.status)
+        self.report(r.status, None if self.stopped else 1.0)
         return r
 
 
@@ -592,7 +595,7 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
 
     xs = torch.empty(budget, *data.shape, dtype=torch.uint8)
     answers = torch.empty(budget, len(data.classes))
-    got = 0
+    got = steps_done = 0
     board.score(surrogate, "querying")
     for r in range(config.rounds):
         while got < bounds[r + 1] and not board.should_stop():
@@ -613,7 +616,8 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
                 break
             if step and step % steps_per_pass == 0:  # a progress line while a long round trains
                 board.report(f"training (round {r + 1} of {config.rounds}, "
-                             f"{step / steps_per_round[r]:.0%} of its steps)")
+                             f"{step / steps_per_round[r]:.0%} of its steps)", steps_done / total_steps)
+            steps_done += 1
             idx = torch.randint(got, (config.batch_size,), generator=g)
             loss = soft_cross_entropy(surrogate(to_float(xs[idx]).to(device)), answers[idx].to(device))
             opt.zero_grad(set_to_none=True)
@@ -623,7 +627,7 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
         board.result.extra = sampler.state()
         if board.stopped:
             break
-        board.score(surrogate, "training", round=r + 1)
+        board.score(surrogate, "training", steps_done / total_steps, round=r + 1)
     return board.finish(surrogate)
 
 
@@ -730,9 +734,9 @@ def dfme(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Defence
         if it in eval_at:
             board.result.extra = {"loss_generator": loss_g, "loss_student": loss_s, "iterations": it,
                                   "iterations_total": iterations}
-            board.score(student, "training", iteration=it)
+            board.score(student, "training", it / iterations, iteration=it)
         elif it % 10 == 0:
-            board.report("training")
+            board.report("training", it / iterations)
     with torch.no_grad():
         samples = generator.eval()(torch.randn(16, config.latent_dim, generator=torch.Generator().manual_seed(0)).to(device))
     board.result.extra.update({"samples": (samples.cpu().clamp(0, 1) * 255).round().to(torch.uint8).tolist(),

@@ -99,11 +99,13 @@ def test_defence_config_errors_are_readable():
 def test_knockoff_end_to_end(victim, mnist, data_dir, sampling, labels):
     seen = []
     r = run_attack(victim, mnist, AttackConfig(**KO, sampling=sampling, labels=labels, seed=1), data_dir=data_dir,
-                   progress=lambda res: seen.append(res.queries))
+                   progress=lambda res: seen.append((res.queries, res.done)))
     assert r.status == "finished" and r.queries == 2000 and r.labels == labels
     assert r.surrogate_acc > (0.3 if labels == "soft" else 0.15) and r.surrogate_best_acc >= r.surrogate_acc  # chance: 0.1
     assert 0 <= r.agreement <= 1 and r.surrogate_arch == "lenet5" and "CIFAR-10 train" in r.transfer_source
-    assert [p["queries"] for p in r.curve] == [0, 1000, 2000] and seen[-1] == 2000 and seen == sorted(seen)
+    assert [p["queries"] for p in r.curve] == [0, 1000, 2000] and seen[-1] == (2000, 1.0) and seen == sorted(seen)
+    # the progress bar's share follows training, not only querying: reports in between, 2 rounds x 3 passes
+    assert len({done for _, done in seen if 0 < done < 1}) >= 4
     if sampling == "adaptive":
         assert set(r.extra["policy"]) == set(DATASETS["cifar10"].classes)  # CIFAR-10's labels are the actions
         assert sum(r.extra["picks"].values()) == 2000

@@ -168,7 +168,7 @@ def live() -> None:
     elif v.state == "running":
         p = v.progress or {}
         budget = p.get("budget") or 1
-        head[0].progress(min(1.0, p.get("queries", 0) / budget),
+        head[0].progress(min(1.0, p.get("done", 0.0)),
                          text=f"**{v.title}**: {p.get('phase', 'starting')} · {p.get('queries', 0):,} / "
                               f"{budget:,} queries · surrogate acc {p.get('surrogate_acc') or 0:.3f}")
     elif v.state == "failed":
