@@ -4,8 +4,8 @@ The 2-D bottleneck makes MNIST harder than usual (the classes must fit in 10 ang
 plane); `lenet2d` uses dropout to get past 99%. Random translations (`shift`) are available but off
 by default for MNIST: they add a little accuracy but make the victim's answers on natural images much
 less informative (KnockoffNets with 20k CIFAR-10 queries: ~59% instead of ~89%), i.e. an unprotected
-victim that is unusually hard to steal, which would hide what AdvFT does. The tiny offline digits
-set (1,437 training images) needs them.
+victim that is unusually hard to steal, which would hide what AdvFT does. The committed victim for
+the tiny offline digits set (1,437 training images) is trained with them (`--shift 2`).
 """
 
 from __future__ import annotations
