@@ -24,7 +24,7 @@ from app.jobs import SessionJob  # noqa: E402
 from app.state import committed_victims  # noqa: E402
 from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,  # noqa: E402
                        protect_then_attack_task, sweep_task)
-from core.advft import ConfigError  # noqa: E402
+from core.advft import PRESETS, ConfigError  # noqa: E402
 from core.attacks import AttackConfig, DefenceConfig  # noqa: E402
 from core.device import pick_device  # noqa: E402
 
@@ -45,6 +45,13 @@ def device() -> str:
 
 
 # ---------------------------------------------------------------- figures
+
+
+def last_score(curve: list[dict]) -> str:
+    """The surrogate's latest accuracy and when it was measured (KnockoffNets scores only after training)."""
+    if not curve:
+        return "surrogate not scored yet"
+    return f"surrogate acc {curve[-1]['acc']:.3f} (scored at {curve[-1]['queries']:,} queries)"
 
 
 def curve_figure(curves: dict[str, list[dict]], style: str) -> go.Figure:
@@ -112,7 +119,9 @@ with st.container(border=True):
                 "committed victim, then attack the result with the settings above: no need to leave the page.")
     p1, p2, p3, p4 = st.columns([2, 2, 1, 1])
     victims = committed_victims()
-    p_victim = p1.selectbox("Victim", victims, key="p_victim")
+    lecture_victim = PRESETS["lecture"]["victim"]  # MNIST, the victim of the benchmarks and the README
+    p_victim = p1.selectbox("Victim", victims, key="p_victim",
+                            index=victims.index(lecture_victim) if lecture_victim in victims else 0)
     p_margin = p2.select_slider("Margin m", options=[0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0],
                                 value=10.0, key="p_margin",
                                 help="In feature units: the committed 2-D LeNet's features have norms of ~50")
@@ -167,10 +176,12 @@ def live() -> None:
                      "(one job at a time on a CPU machine).")
     elif v.state == "running":
         p = v.progress or {}
-        budget = p.get("budget") or 1
-        head[0].progress(min(1.0, p.get("done", 0.0)),
-                         text=f"**{v.title}**: {p.get('phase', 'starting')} · {p.get('queries', 0):,} / "
-                              f"{budget:,} queries · surrogate acc {p.get('surrogate_acc') or 0:.3f}")
+        if not p:  # the task is loading its target and data; the attack has not reported yet
+            head[0].progress(0.0, text=f"**{v.title}**: starting")
+        else:
+            head[0].progress(min(1.0, p["done"]),
+                             text=f"**{v.title}**: {p['phase']} · {p['queries']:,} / {p['budget']:,} queries · "
+                                  + last_score(p["curve"]))
     elif v.state == "failed":
         head[0].error(f"**{v.title}** failed: {v.error}")
     else:
