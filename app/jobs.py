@@ -1,17 +1,20 @@
-"""Background training jobs: the core engine in a plain thread, a queue across sessions, copies for the page.
+"""Background work for the pages: AdvFT training jobs and attack tasks, each in a plain thread, a queue
+across sessions, consistent copies for the page.
 
-The page never touches the trainer. A Job owns one thread that builds the trainer, steps it and
-records the run folder (core.pipeline.RunRecorder), and publishes what the page draws through
-`view()`: a small status record plus the latest `trainer.snapshot()` (a fresh dict of fresh tensors,
-never mutated afterwards, so handing it over under a lock is enough). Nothing here imports
-Streamlit: the thread must never call it (Streamlit's threading rules), and the module stays testable.
+`Background` holds what both kinds share: the thread, the slot in the process-wide queue (JobSlots),
+the stop flag, and a frozen view record replaced under a lock, so the page reads a consistent copy
+with `view()`. Nothing here imports Streamlit: a thread must never call it (Streamlit's threading
+rules), and the module stays testable.
 
+A `Job` trains through the one run protocol of core.training (RecordedRun + drive); it brings only
+its control policy: the pause/step queue (`_next_action`) and publishing frames (`_on_step`).
 Commands (play, pause, step, stop) only set fields under the lock and wake the thread; the thread
 reads them between steps, so a click takes effect within one step (a few ms to tens of ms).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -23,15 +26,17 @@ from pathlib import Path
 import torch
 
 from core.advft import AdvFTConfig, ConfigError, TrainingDiverged
+from core.attacks import BudgetExhausted
 from core.data import DataError
 from core.device import describe
 from core.models import CheckpointError
-from core.pipeline import RunRecorder, load_victim, new_trainer, resume_trainer
-from core.runs import RunDir
+from core.runs import RunError
+from core.training import RecordedRun, drive, one_line
 
 PUBLISH_EVERY_S = 0.4    # snapshot() costs ~50 ms; more often would slow training noticeably
 SLOW_MOTION_S = 0.25     # pause after each step in slow motion, so one step is one visible frame
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged, OSError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, TrainingDiverged, BudgetExhausted, ValueError,
+               OSError)
 ACTIVE = ("queued", "preparing", "running", "paused")
 
 
@@ -44,7 +49,7 @@ def default_max_jobs() -> int:
 
 
 class JobSlots:
-    """At most `capacity` jobs train at once, process-wide; the others wait first come, first served."""
+    """At most `capacity` jobs or tasks run at once, process-wide; the others wait first come, first served."""
 
     def __init__(self, capacity: int):
         self.capacity = capacity
@@ -52,41 +57,97 @@ class JobSlots:
         self._active: set = set()
         self._waiting: list = []
 
-    def acquire(self, job, stop: threading.Event) -> bool:
-        """Blocks until `job` may run; False if `stop` was set while it waited."""
+    def acquire(self, work, stop: threading.Event) -> bool:
+        """Blocks until `work` may run; False if `stop` was set while it waited."""
         with self._cond:
-            self._waiting.append(job)
-            while not (self._waiting[0] is job and len(self._active) < self.capacity):
+            self._waiting.append(work)
+            while not (self._waiting[0] is work and len(self._active) < self.capacity):
                 if stop.is_set():
-                    self._waiting.remove(job)
+                    self._waiting.remove(work)
                     self._cond.notify_all()
                     return False
                 self._cond.wait(0.2)
             self._waiting.pop(0)
-            self._active.add(job)
+            self._active.add(work)
             self._cond.notify_all()
             return True
 
-    def release(self, job) -> None:
+    def release(self, work) -> None:
         with self._cond:
-            self._active.discard(job)
-            if job in self._waiting:
-                self._waiting.remove(job)
+            self._active.discard(work)
+            if work in self._waiting:
+                self._waiting.remove(work)
             self._cond.notify_all()
 
-    def place(self, job) -> int | None:
+    def place(self, work) -> int | None:
         """1-based place in the waiting line, None when not waiting."""
         with self._cond:
-            return self._waiting.index(job) + 1 if job in self._waiting else None
-
-    def running_dirs(self) -> set[Path]:
-        """Run folders that a live job of this process is writing."""
-        with self._cond:
-            return {j.spec.run_dir.resolve() for j in (*self._active, *self._waiting)}
+            return self._waiting.index(work) + 1 if work in self._waiting else None
 
     def load(self) -> tuple[int, int]:
         with self._cond:
             return len(self._active), len(self._waiting)
+
+
+class Background:
+    """One piece of work in its own thread: waits for a slot, runs `_work()`, publishes a view.
+    Subclasses set `_view` to a frozen dataclass with `state`, `message` and `place` fields."""
+
+    _view: object
+
+    def __init__(self, name: str, slots: JobSlots, device: str):
+        self.slots, self.device = slots, device
+        self.stop_event = threading.Event()
+        self._cond = threading.Condition()
+        self.thread = threading.Thread(target=self._main, daemon=True, name=name)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ends the work at its next step (or its wait in the queue)."""
+        self.stop_event.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def view(self):
+        with self._cond:
+            v = self._view
+        return replace(v, place=self.slots.place(self)) if v.state == "queued" else v
+
+    def _publish(self, **changes) -> None:
+        with self._cond:
+            self._view = replace(self._view, **changes)
+
+    def _main(self) -> None:
+        try:
+            if not self.slots.acquire(self, self.stop_event):
+                self._publish(state="stopped", message="stopped while waiting in the queue")
+                self._cancelled()
+                return
+            try:
+                if self.device == "cpu":
+                    # One core for the work, the other for the page: two intra-op threads on a shared
+                    # 2-core machine make every step and every page rerun slower (bench/bench_app.py).
+                    torch.set_num_threads(1)
+                self._work()
+            finally:
+                self.slots.release(self)
+        except USER_ERRORS as e:
+            self._publish(state="failed", message=one_line(e))
+        except Exception as e:  # a bug must not take the page down: say what happened, keep the log
+            traceback.print_exc()
+            self._publish(state="failed", message=f"unexpected {type(e).__name__}: {one_line(e)}")
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def _cancelled(self) -> None:
+        """Called when the work was stopped before it got a slot."""
+
+
+# ---------------------------------------------------------------- AdvFT training jobs
 
 
 @dataclass(frozen=True)
@@ -118,31 +179,27 @@ class JobView:
     slow: bool = False
     version: int = 0            # increments with every published snapshot
     place: int | None = None    # place in the waiting line while queued
-    snapshot: dict | None = field(default=None, repr=False, compare=False)
+    snapshot: object = field(default=None, repr=False, compare=False)  # core.advft.Snapshot
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
 
 
-class Job:
+class Job(Background):
     def __init__(self, spec: JobSpec, slots: JobSlots):
-        self.spec, self.slots = spec, slots
-        self.stop_event = threading.Event()
-        self._cond = threading.Condition()
+        super().__init__(f"advft-{spec.run_dir.name}", slots, spec.device)
+        self.spec = spec
+        self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
         self._playing = not spec.start_paused
         self._until_epoch_end = False
         self._requests: deque[str] = deque()   # "step" | "g" | "f"
         self._slow = False
-        self._announced = ""   # the state last written to the run folder (by the thread)
-        self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
-        self.thread = threading.Thread(target=self._main, daemon=True, name=f"advft-{spec.run_dir.name}")
+        self._announced = ""                   # the state last written to the run folder (by the thread)
+        self._run: RecordedRun | None = None
+        self._last_publish = 0.0
 
     # ------------------------------------------------------------ commands (any thread)
-    def start(self) -> "Job":
-        self.thread.start()
-        return self
-
     def play(self) -> None:
         self._command(playing=True)
 
@@ -163,18 +220,7 @@ class Job:
     def set_slow_motion(self, slow: bool) -> None:
         with self._cond:
             self._slow = slow
-            self._publish_locked(slow=slow)
-
-    def stop(self) -> None:
-        """Ends the job at the next step; the run folder keeps every finished epoch."""
-        self.stop_event.set()
-        with self._cond:
-            self._cond.notify_all()
-
-    def view(self) -> JobView:
-        with self._cond:
-            v = self._view
-        return replace(v, place=self.slots.place(self)) if v.state == "queued" else v
+            self._view = replace(self._view, slow=slow)
 
     def _command(self, playing: bool) -> None:
         with self._cond:
@@ -182,134 +228,78 @@ class Job:
             self._until_epoch_end = False
             if self._view.state in ("running", "paused"):
                 # Shown at once: no new step starts after this (the one in flight ends within ms).
-                self._publish_locked(state="running" if playing else "paused")
+                self._view = replace(self._view, state="running" if playing else "paused")
             self._cond.notify_all()
 
-    def _publish_locked(self, **changes) -> None:
-        self._view = replace(self._view, **changes)
-
-    def _publish(self, trainer=None, snapshot: bool = False, **changes) -> None:
-        if trainer is not None:
-            changes.update(epoch=trainer.epoch, g_done=trainer.g_done, f_done=trainer.f_done, phase=trainer.phase)
-        if snapshot:
-            snap = trainer.snapshot()  # outside the lock: ~50 ms
-            with self._cond:
-                self._publish_locked(snapshot=snap, version=self._view.version + 1, **changes)
-            return
-        with self._cond:
-            self._publish_locked(**changes)
-
     # ------------------------------------------------------------ the thread
-    def _main(self) -> None:
-        recorder = None
-        try:
-            if not self.slots.acquire(self, self.stop_event):
-                self._publish(state="stopped", message="stopped while waiting in the queue")
-                return
-            try:
-                self._publish(state="preparing", message="loading the victim and the data, scoring M_R")
-                trainer, recorder = self._build()
-                self._loop(trainer, recorder)
-            finally:
-                self.slots.release(self)
-        except USER_ERRORS as e:
-            self._fail(recorder, str(e) or type(e).__name__)
-        except Exception as e:  # an engine bug must not kill the page: say what happened, keep the log
-            traceback.print_exc()
-            self._fail(recorder, f"unexpected {type(e).__name__}: {e}")
+    def _cancelled(self) -> None:
+        if not self.spec.resume:  # the folder new_run_dir reserved for it stays empty: remove it
+            with contextlib.suppress(OSError):
+                self.spec.run_dir.rmdir()
 
-    def _fail(self, recorder, message: str) -> None:
-        if recorder is not None:
-            try:
-                recorder.finish("failed", message)
-            except OSError:
-                pass  # the run folder itself may be what went away
-        self._publish(state="failed", message=message)
-
-    def _build(self):
+    def _work(self) -> None:
         s = self.spec
-        if s.device == "cpu":
-            # One core for training, the other for the page: two intra-op threads on a shared 2-core
-            # machine make every step and every page rerun slower (see bench/bench_app.py).
-            torch.set_num_threads(1)
-        run = RunDir(s.run_dir)
-        if s.resume:
-            trainer = resume_trainer(run, s.data_dir, s.device)
-            recorder = RunRecorder(run, trainer, run.config().get("victim", s.victim), resumed=True)
+        self._publish(state="preparing", message="loading the victim and the data, scoring M_R")
+        self._run = run = RecordedRun.resume(s.run_dir, s.data_dir, s.device) if s.resume else \
+            RecordedRun.create(s.run_dir, s.victim, s.config, s.data_dir, s.device, s.preset)
+        t = run.trainer
+        # The state stays 'preparing' until _next_action announces 'running' or 'paused'.
+        self._publish_frame(device=describe(t.device), epochs=t.config.epochs,
+                            message=f"data: {t.data.source}; OOD: {t.ood_source}")
+        status = drive(run, self._next_action, self._on_step)
+        if status == "stopped":
+            self._publish_frame(state="stopped", message="stopped; every finished epoch is saved")
         else:
-            victim, data = load_victim(s.victim, s.data_dir, s.device)
-            trainer = new_trainer(victim, data, s.config, s.data_dir, s.device)
-            recorder = RunRecorder(run, trainer, s.victim, preset=s.preset)
-        # The state stays 'preparing' until the loop announces 'running' or 'paused'.
-        self._publish(trainer, snapshot=True, device=describe(trainer.device), epochs=trainer.config.epochs,
-                      message=f"data: {trainer.data.source}; OOD: {trainer.ood_source}")
-        return trainer, recorder
+            self._publish_frame(state="finished", message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
+                                                         f"OOD agreement {run.metrics['ood_agreement']:.2f}")
+
+    def _publish_frame(self, **changes) -> None:
+        t = self._run.trainer
+        snap = t.snapshot()  # outside the lock: ~50 ms
+        self._last_publish = time.perf_counter()
+        with self._cond:
+            self._view = replace(self._view, snapshot=snap, version=self._view.version + 1, epoch=t.epoch,
+                                 g_done=t.g_done, f_done=t.f_done, phase=t.phase, **changes)
+
+    def _announce(self, state: str) -> None:
+        self._announced = state
+        self._run.set_state(state)
+        t = self._run.trainer
+        self._publish(state=state, epoch=t.epoch, g_done=t.g_done, f_done=t.f_done, phase=t.phase)
 
     def _next_action(self) -> str | None:
-        """'auto', 'step', 'g', 'f', 'paused' (just became paused), or None to stop.
-        Waits without spinning while paused."""
-        with self._cond:
-            while not self.stop_event.is_set():
+        """drive()'s policy: 'step', 'g', 'f', or None to stop. Blocks (without spinning) while paused."""
+        while True:
+            with self._cond:
+                if self.stop_event.is_set():
+                    return None
                 if self._requests:
                     return self._requests.popleft()
-                if self._playing or self._until_epoch_end:
-                    return "auto"
-                if self._announced != "paused":
-                    return "paused"
-                self._cond.wait(0.5)
-            return None
-
-    def _announce(self, trainer, recorder: RunRecorder, state: str) -> None:
-        self._announced = state
-        self._publish(trainer, state=state)
-        recorder.run.write_status(state, f"epoch {trainer.epoch} of {trainer.config.epochs}")
-
-    def _loop(self, trainer, recorder: RunRecorder) -> None:
-        last_publish = time.perf_counter()
-        while not trainer.finished:
-            action = self._next_action()
-            if action == "paused":
-                self._announce(trainer, recorder, "paused")
+                playing = self._playing or self._until_epoch_end
+                if not playing and self._announced == "paused":
+                    self._cond.wait(0.5)
+                    continue
+            if not playing:
+                self._announce("paused")
                 continue
-            if action == "auto" and self._announced != "running":
-                self._announce(trainer, recorder, "running")
-            if action is None:
-                recorder.finish("stopped", f"stopped during epoch {trainer.epoch + 1}; the saved epochs stay")
-                self._publish(trainer, state="stopped", message="stopped; every finished epoch is saved")
-                return
-            if action in ("g", "f"):
-                self._manual_step(trainer, action)
-                self._publish(trainer, snapshot=True, manual_steps=self._view.manual_steps + 1)
-                last_publish = time.perf_counter()
-                continue
-            record = trainer.step()
-            time.sleep(0)  # hand the GIL to the page's threads between steps
-            if record is not None:
-                recorder.epoch_done()
-                with self._cond:
-                    if self._until_epoch_end:
-                        self._until_epoch_end = False
-                self._publish(trainer, snapshot=True)
-                last_publish = time.perf_counter()
-            elif action == "step" or self._slow or time.perf_counter() - last_publish >= PUBLISH_EVERY_S:
-                self._publish(trainer, snapshot=True)
-                last_publish = time.perf_counter()
-            if self._slow and action == "auto":
-                self.stop_event.wait(SLOW_MOTION_S)
-        self._publish(trainer, message="scoring M_F on the whole training set")
-        metrics = recorder.finish("finished")
-        self._publish(trainer, snapshot=True, state="finished",
-                      message=f"finished: Acc_MF {metrics['acc_after']:.4f}, "
-                              f"OOD agreement {metrics['ood_agreement']:.2f}")
+            if self._announced != "running":
+                self._announce("running")
+            if self._slow:
+                self.stop_event.wait(SLOW_MOTION_S)  # one step, one visible frame
+                if self.stop_event.is_set():
+                    return None
+            return "step"
 
-    @staticmethod
-    def _manual_step(trainer, kind: str) -> None:
-        """One extra update of G or M_F outside Algorithm 1's schedule (GAN Lab's 'step G / step D');
-        the engine keeps it out of the epoch's mean losses."""
-        if kind == "g":
-            trainer.step_generator()
-        else:
-            trainer.step_model()
+    def _on_step(self, action: str, record: dict | None) -> None:
+        time.sleep(0)  # hand the GIL to the page's threads between steps
+        if record is not None:
+            with self._cond:
+                self._until_epoch_end = False
+            self._publish_frame()
+        elif action in ("g", "f"):
+            self._publish_frame(manual_steps=self._view.manual_steps + 1)
+        elif self._slow or self._announced == "paused" or time.perf_counter() - self._last_publish >= PUBLISH_EVERY_S:
+            self._publish_frame()
 
 
 def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:
@@ -328,12 +318,12 @@ def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:
 
 
 class SessionJob:
-    """The one job of a browser session (held in st.cache_resource(scope='session'))."""
+    """The one job (or task) of a browser session (held in st.cache_resource(scope='session'))."""
 
     def __init__(self):
-        self.job: Job | None = None
+        self.job: Background | None = None
 
-    def replace(self, job: Job | None) -> None:
+    def replace(self, job: Background | None) -> None:
         if self.job is not None:
             self.job.stop()
         self.job = job

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Mapping
 
 from core.advft import DISTANCES, FAKE_REDUCTIONS, PRESETS, AdvFTConfig, ConfigError, preset_config
-from core.pipeline import VICTIMS_DIR, victim_path
+from core.runs import RunConfig
+from core.training import committed_victims, victim_path
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,6 @@ PROJECTIONS = ("pca", "umap")     # for penultimate layers wider than 2-D
 KNOBS = ("margin", "epochs", "i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce", "seed")
 CHOICES = {"distance": DISTANCES, "fake_reduce": FAKE_REDUCTIONS, "view": VIEWS, "style": STYLES,
            "proj": PROJECTIONS}
-
-
-def committed_victims() -> list[str]:
-    """Victim names with a checkpoint under assets/victims (the Fig. 5 one appears once trained)."""
-    return sorted(p.stem for p in VICTIMS_DIR.glob("*.pt"))
 
 
 def preset_available(name: str) -> bool:
@@ -153,17 +149,16 @@ class UIState:
         return replace(state, **changes), warnings
 
 
-def for_run(name: str, saved_config: dict) -> tuple[UIState, list[str]]:
+def for_run(name: str, saved: RunConfig) -> tuple[UIState, list[str]]:
     """The state that reopens a run folder: its preset, victim and knobs, through the URL parser
     (so a run written by another version or by hand is checked like any link)."""
     query = {"run": name}
-    if saved_config.get("preset") in UI_PRESETS:
-        query["preset"] = saved_config["preset"]
-    victim = Path(str(saved_config.get("victim", ""))).stem
+    if saved.preset in UI_PRESETS:
+        query["preset"] = saved.preset
+    victim = Path(saved.victim).stem
     if victim:
         query["victim"] = victim
-    advft = saved_config.get("advft") or {}
-    query.update({k: _fmt(advft[k]) for k in KNOBS if k in advft})
+    query.update({k: _fmt(getattr(saved.advft, k)) for k in KNOBS})
     return UIState.from_query(query)
 
 

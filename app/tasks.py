@@ -1,32 +1,27 @@
 """Background tasks for the Attack page: an attack, "protect then attack", or a toy sweep.
 
-A Task runs one function of core/ in a plain thread. It waits for a slot in the same process-wide
-JobSlots as the training jobs (so an attack and a training run never fight over a 2-core CPU), and
-publishes what the page reads through `view()`: state, a log of notes, the latest partial
-AttackResult (as a dict), and the final value or error. Nothing here imports Streamlit.
+A Task runs one function of core/ in the same Background mechanics as the training jobs (app/jobs.py):
+it waits for a slot in the same process-wide JobSlots (so an attack and a training run never fight
+over a 2-core CPU), and publishes what the page reads through `view()`: state, a log of notes, the
+latest partial AttackResult (as a dict), and the final value or error. Nothing here imports Streamlit.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
 import time
-import traceback
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-import torch
-
-from app.jobs import USER_ERRORS, JobSlots, new_run_dir
-from app.state import committed_victims
+from app.jobs import Background, JobSlots, new_run_dir
 from core.advft import preset_config
-from core.attacks import AttackConfig, BudgetExhausted, DefenceConfig, make_api, run_attack
+from core.attacks import AttackConfig, DefenceConfig, make_api, run_attack
 from core.data import DataError
-from core.metrics import accuracy, kl_divergence, outputs
+from core.metrics import fidelity, outputs
 from core.models import CheckpointError
-from core.pipeline import load_victim, victim_path
-from core.runs import list_runs
+from core.runs import RunError, list_runs
+from core.training import committed_victims, load_victim, victim_path
 
 ACTIVE = ("queued", "running")
 # Toy sweeps: small enough for a lecture on a 2-core CPU (minutes, not hours).
@@ -39,10 +34,10 @@ TOY_MARGINS = (1.0, 3.0, 10.0, 30.0)
 class TaskView:
     title: str
     state: str = "queued"          # queued | running | finished | stopped | failed
+    message: str = ""              # why it failed or stopped
     notes: tuple[str, ...] = ()
     progress: dict | None = None   # the latest partial AttackResult.to_dict() (queries, curve, phase)
     value: object = None           # what the function returned (set when finished or stopped)
-    error: str = ""
     place: int | None = None
     started: float = field(default_factory=time.time)
 
@@ -55,58 +50,26 @@ class TaskView:
 TaskFn = Callable[[Callable, Callable[[str], None], Callable[[], bool]], object]
 
 
-class Task:
+class Task(Background):
     def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu"):
-        self.fn, self.slots, self.device = fn, slots, device
-        self.stop_event = threading.Event()
-        self._lock = threading.Lock()
+        super().__init__(f"task-{title[:30]}", slots, device)
+        self.fn = fn
         self._view = TaskView(title)
         self.collected = False  # set by the page once it has taken the finished value
-        self.thread = threading.Thread(target=self._main, daemon=True, name=f"task-{title[:30]}")
-
-    def start(self) -> "Task":
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stop_event.set()
-
-    def view(self) -> TaskView:
-        with self._lock:
-            v = self._view
-        return replace(v, place=self.slots.place(self)) if v.state == "queued" else v
-
-    def _set(self, **changes) -> None:
-        with self._lock:
-            self._view = replace(self._view, **changes)
 
     def _note(self, line: str) -> None:
-        with self._lock:
+        with self._cond:
             self._view = replace(self._view, notes=self._view.notes + (line,))
 
     def _progress(self, result) -> None:
         d = result.to_dict()
         d.get("extra", {}).pop("samples", None)  # images are not needed while it runs
-        self._set(progress=copy.deepcopy(d))
+        self._publish(progress=copy.deepcopy(d))
 
-    def _main(self) -> None:
-        try:
-            if not self.slots.acquire(self, self.stop_event):
-                self._set(state="stopped", error="stopped while waiting in the queue")
-                return
-            try:
-                if self.device == "cpu":
-                    torch.set_num_threads(1)  # the other core keeps the page responsive
-                self._set(state="running")
-                value = self.fn(self._progress, self._note, self.stop_event.is_set)
-                self._set(state="stopped" if self.stop_event.is_set() else "finished", value=value)
-            finally:
-                self.slots.release(self)
-        except (*USER_ERRORS, BudgetExhausted, ValueError) as e:
-            self._set(state="failed", error=str(e) or type(e).__name__)
-        except Exception as e:  # a bug must not take the page down: say what happened, keep the log
-            traceback.print_exc()
-            self._set(state="failed", error=f"unexpected {type(e).__name__}: {e}")
+    def _work(self) -> None:
+        self._publish(state="running")
+        value = self.fn(self._progress, self._note, self.stop_event.is_set)
+        self._publish(state="stopped" if self.stop_event.is_set() else "finished", value=value)
 
 
 # ---------------------------------------------------------------- targets
@@ -119,13 +82,15 @@ def attack_targets(runs_dir: Path) -> dict[str, dict]:
         path = str(victim_path(name))
         out[f"original M_R · {name}"] = {"path": path, "kind": "original", "victim": path}
     for run in list_runs(runs_dir):
-        if not run.model_path.is_file():
+        summary = run.summary()
+        if not summary.has_model or summary.problem:
+            continue  # nothing to attack yet, or a damaged run (the Runs page says what is wrong)
+        try:
+            victim = run.config().victim
+        except RunError:
             continue
-        cfg = run.config()
-        adv = cfg.get("advft") or {}
-        epochs = len(run.history()) - 1 if (run.path / "history.jsonl").is_file() else None
-        out[f"AdvFT M_F · {run.name}"] = {"path": str(run.model_path), "kind": "advft", "margin": adv.get("margin"),
-                                          "epochs": epochs, "victim": cfg.get("victim", "")}
+        out[f"AdvFT M_F · {run.name}"] = {"path": str(run.model_path), "kind": "advft", "margin": summary.margin,
+                                          "epochs": summary.epoch, "victim": victim}
     return out
 
 
@@ -140,6 +105,8 @@ def attack_task(target: dict, attack: AttackConfig, defence: DefenceConfig, data
         note(f"target loaded: {model.dataset} · {model.arch} ({data.source})")
         row = fidelity_row(target, model, data, defence, attack, data_dir, dev)
         result = run_attack(model, data, attack, defence, data_dir, progress=progress, should_stop=should_stop)
+        if result.status == "stopped":
+            return None  # a partial attack is no row of Tables 2-3
         note(f"{result.status}: surrogate accuracy {result.surrogate_acc:.4f} after {result.queries:,} queries")
         return {**row, "Acc_MS": result.surrogate_acc, "best Acc_MS": result.surrogate_best_acc,
                 "agreement": result.agreement, "Q": result.queries, "status": result.status,
@@ -154,13 +121,13 @@ def fidelity_row(target: dict, model, data, defence: DefenceConfig, attack: Atta
         reference = load_victim(victim_path(target["victim"]), data_dir, dev)[0] if target["victim"] else model
     except (CheckpointError, DataError):  # the run's victim moved away: measure against the target itself
         reference = model
-    api = make_api(model, defence, attack.labels, None, data)
-    served = api.respond(data.x_test, log=True).cpu()
-    ref_logits = outputs(reference, data.x_test, dev)[1]
-    return {"target": target["label"], "defence": defence.name, "attack": attack.attack, "labels": api.labels,
+    honest = make_api(model, defence, "soft", None, data)  # what an honest user asking for soft answers gets
+    ref = {"test": outputs(reference, data.x_test, dev)[1]}
+    fid = fidelity(ref, {"test": honest.respond(data.x_test, log=True).cpu()}, data.y_test)
+    labels = make_api(model, defence, attack.labels, None, data).labels  # top1 forces hard labels
+    return {"target": target["label"], "defence": defence.name, "attack": attack.attack, "labels": labels,
             "m": target.get("margin"), "N": target.get("epochs"),
-            "Acc_MR": accuracy(ref_logits, data.y_test), "Acc_MF": accuracy(served, data.y_test),
-            "KL_test": kl_divergence(ref_logits, served)}
+            "Acc_MR": fidelity(ref, ref, data.y_test)["acc_mf"], "Acc_MF": fid["acc_mf"], "KL_test": fid["kl_test"]}
 
 
 def protect_then_attack_task(victim: str, margin: float, epochs: int, attack: AttackConfig, runs_dir: Path,
@@ -168,30 +135,33 @@ def protect_then_attack_task(victim: str, margin: float, epochs: int, attack: At
     """AdvFT with the lecture settings and margin m (into a new run folder), then the attack on M_F."""
 
     def fn(progress, note, should_stop):
-        from core.experiments import run_advft
+        from core.experiments import protect
 
-        model, data = load_victim(str(victim_path(victim)), data_dir, dev)
+        model, data = load_victim(victim, data_dir, dev)
         config = preset_config("lecture", margin=margin, epochs=epochs).validate()
         out = new_run_dir(runs_dir, "attackpage", config)
-        trainer = run_advft(model, data, config, data_dir, out, str(victim_path(victim)), note, should_stop)
+        run = protect(model, data, config, out, str(victim_path(victim)), data_dir, note, should_stop)
         if should_stop():
             return None
-        target = {"label": f"AdvFT M_F · {out.name}", "path": str(out / "model.pt"), "kind": "advft",
-                  "margin": margin, "epochs": trainer.epoch, "victim": str(victim_path(victim))}
+        target = {"label": f"AdvFT M_F · {out.name}", "path": str(run.run.model_path), "kind": "advft",
+                  "margin": margin, "epochs": run.trainer.epoch, "victim": str(victim_path(victim))}
         return attack_task(target, attack, DefenceConfig(), data_dir, dev)(progress, note, should_stop)
 
     return fn
 
 
-def sweep_task(kind: str, victim: str, data_dir: str, dev: str):
+def sweep_task(kind: str, victim: str, runs_dir: Path, data_dir: str, dev: str):
+    """A toy Fig. 4 or margin sweep; its AdvFT runs go to a folder under the runs dir."""
     def fn(progress, note, should_stop):
         from core.experiments import epoch_sweep, margin_sweep
 
-        model, data = load_victim(str(victim_path(victim)), data_dir, dev)
+        model, data = load_victim(victim, data_dir, dev)
         attack = AttackConfig(**TOY_ATTACK)
         advft = preset_config("lecture")
+        out = Path(runs_dir) / ".sweeps" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+        name = str(victim_path(victim))
         if kind == "epochs":
-            return epoch_sweep(model, data, advft, attack, list(TOY_EPOCHS), data_dir, note, should_stop)
-        return margin_sweep(model, data, advft, attack, list(TOY_MARGINS), data_dir, note, should_stop)
+            return epoch_sweep(model, data, advft, attack, out, list(TOY_EPOCHS), data_dir, name, note, should_stop)
+        return margin_sweep(model, data, advft, attack, list(TOY_MARGINS), out, data_dir, name, note, should_stop)
 
     return fn

@@ -2,8 +2,11 @@
 scripts (the controllers) decide what to draw and wire the actions.
 
 Also the session plumbing every page needs: the one UIState of the session, kept in
-st.session_state and mirrored to the URL; the sidebar's Export and style controls; and readers
-of run folders that turn any failure into a readable message instead of a traceback.
+st.session_state and mirrored to the URL (set_ui_state is its only writer); the sidebar's Export
+and style controls (drawn once, by the entry script streamlit_app.py); and cached readers of run
+folders (core.runs raises RunError with a readable message for anything that does not load).
+Any text that comes from a user (URL values, run names, config fields) is shown through `plain`
+or html.escape, never as Markdown or HTML.
 """
 
 from __future__ import annotations
@@ -11,23 +14,31 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
 
-from app import plots
 from app.jobs import JobSlots, SessionJob, default_max_jobs
 from app.state import UIState
+from core import figures
+from core.advft import Snapshot
 from core.data import DataError, load_dataset, resolve_data_dir
 from core.models import read_checkpoint
 from core.runs import RunDir, resolve_runs_dir
 
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style" / "app.css"
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>!:~$|])")  # what can start a link, image, emphasis, code, HTML, directive
 
 
-def page_setup(title: str) -> None:
-    st.set_page_config(page_title=f"AdvFT · {title}", page_icon="🛡️", layout="wide")
+def plain(text) -> str:
+    """User text for a Markdown element (st.warning, st.caption...): every Markdown character escaped,
+    so a link, an image or a colour directive in a URL or a run name shows as the characters it is."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def load_css() -> None:
     st.html(f"<style>{CSS.read_text()}</style>")
 
 
@@ -38,22 +49,29 @@ def ui_state() -> UIState:
     """The session's UIState: parsed from the URL once per session (warnings kept to show)."""
     if "ui" not in st.session_state:
         state, warnings = UIState.from_query(st.query_params.to_dict())
-        st.session_state.ui = state
         st.session_state.url_warnings = warnings
+        set_ui_state(state)
     return st.session_state.ui
 
 
 def set_ui_state(state: UIState) -> None:
-    """Store the state and mirror it into the URL (only when it changed, to spare the browser history)."""
+    """The one writer of st.session_state.ui: store the state and mirror it into the URL. Widget
+    callbacks call it (they run before the page), so the URL never lags behind the last edit."""
     st.session_state.ui = state
-    query = state.to_query()
+    mirror_url()
+
+
+def mirror_url() -> None:
+    """The URL's query string := the UIState's (only when it differs, to spare the browser history;
+    the entry script calls it after every page, whose links drop the query string)."""
+    query = st.session_state.ui.to_query()
     if st.query_params.to_dict() != query:
         st.query_params.from_dict(query)
 
 
 def show_url_warnings() -> None:
     for w in st.session_state.get("url_warnings", []):
-        st.warning(f"Ignored part of the link: {w}", icon="🔗")
+        st.warning(f"Ignored part of the link: {plain(w)}", icon="🔗")
 
 
 def explain(text: str) -> None:
@@ -71,23 +89,36 @@ class Export:
     scale: float = 3.0
 
     def config(self, filename: str) -> dict:
-        return plots.chart_config(self.fmt, self.width, self.height, self.scale, filename)
+        return figures.chart_config(self.fmt, self.width, self.height, self.scale, filename)
 
 
-def style_and_export_sidebar(ui: UIState) -> tuple[UIState, Export]:
-    """The sidebar's 'Presentation' toggle and 'Export' box (format, size, scale for the chart camera)."""
+EXPORT_WIDGETS = {"w_export_fmt": "fmt", "w_export_w": "width", "w_export_h": "height", "w_export_scale": "scale"}
+
+
+def export_settings() -> Export:
+    """The sidebar's export settings as they are now (the widgets are drawn after the page, by the entry
+    script; their values from the last interaction are already in session_state)."""
+    values = {f: st.session_state[k] for k, f in EXPORT_WIDGETS.items() if k in st.session_state}
+    return Export(**values)
+
+
+def _set_style() -> None:
+    set_ui_state(replace(ui_state(), style="presentation" if st.session_state.w_style else "screen"))
+
+
+def shared_sidebar() -> None:
+    """The 'Presentation style' toggle and the 'Export' box, the same on every page."""
+    d = Export()
     with st.sidebar:
-        presentation = st.toggle("Presentation style", value=ui.style == "presentation", key="w_style",
-                                 help="White background, large fonts, thick markers, colour-blind-safe colours")
+        st.toggle("Presentation style", value=ui_state().style == "presentation", key="w_style",
+                  on_change=_set_style, help="White background, large fonts, thick markers, colour-blind-safe colours")
         with st.expander("Export", expanded=False):
             st.caption("The camera in each chart's toolbar downloads it with these settings.")
-            fmt = st.radio("Format", ("png", "svg"), horizontal=True, key="w_export_fmt")
+            st.radio("Format", ("png", "svg"), horizontal=True, key="w_export_fmt")
             c1, c2 = st.columns(2)
-            width = c1.number_input("Width px", 400, 4000, 1600, 100, key="w_export_w")
-            height = c2.number_input("Height px", 300, 3000, 800, 100, key="w_export_h")
-            scale = st.slider("PNG scale", 3, 6, 3, key="w_export_scale", help="3x or more for sharp slides")
-    style = "presentation" if presentation else "screen"
-    return replace(ui, style=style), Export(fmt, int(width), int(height), float(scale))
+            c1.number_input("Width px", 400, 4000, d.width, 100, key="w_export_w")
+            c2.number_input("Height px", 300, 3000, d.height, 100, key="w_export_h")
+            st.slider("PNG scale", 3, 6, int(d.scale), key="w_export_scale", help="3x or more for sharp slides")
 
 
 # ---------------------------------------------------------------- environment
@@ -129,45 +160,18 @@ def dataset_problem(name: str, data_dir: str) -> str | None:
         return str(e)
 
 
-# ---------------------------------------------------------------- run folders, read defensively
+# ---------------------------------------------------------------- run folders
 
 
-class RunProblem(Exception):
-    """A run folder is gone, or one of its files does not load; the message says which."""
-
-
-def read_history(run: RunDir) -> list[dict]:
-    if not run.path.is_dir():
-        raise RunProblem(f"run '{run.name}' no longer exists under {run.path.parent}")
-    try:
-        return run.history()
-    except (OSError, ValueError) as e:
-        raise RunProblem(f"run '{run.name}': history.jsonl does not read ({str(e)[:120]})") from None
-
-
-def read_snapshot(run: RunDir, epoch: int) -> dict:
-    try:
-        return _cached_snapshot(str(run.path), epoch, _mtime(run.path / "snapshots" / f"epoch_{epoch:04d}.pt"))
-    except FileNotFoundError:
-        raise RunProblem(f"run '{run.name}' has no saved snapshot for epoch {epoch} (deleted?)") from None
-    except Exception as e:  # torch.load on a truncated or foreign file: zip, pickle or runtime errors
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise RunProblem(f"run '{run.name}': the epoch {epoch} snapshot does not load ({reason})") from None
-
-
-def snapshot_epochs(run: RunDir) -> list[int]:
-    try:
-        return run.snapshot_epochs()
-    except (OSError, ValueError, IndexError):
-        return []
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime  # FileNotFoundError when it is gone
+def read_snapshot(run: RunDir, epoch: int) -> Snapshot:
+    """RunError (a readable message) when the snapshot is gone or does not load."""
+    path = run.snapshot_path(epoch)
+    stamp = path.stat().st_mtime_ns if path.is_file() else 0
+    return _cached_snapshot(str(run.path), epoch, stamp)
 
 
 @st.cache_resource(max_entries=64, show_spinner=False)
-def _cached_snapshot(path: str, epoch: int, mtime: float) -> dict:
+def _cached_snapshot(path: str, epoch: int, stamp: int) -> Snapshot:
     return RunDir(Path(path)).load_snapshot(epoch)
 
 

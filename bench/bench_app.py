@@ -3,7 +3,7 @@
     ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_app.py [--window 10] [--clicks 3]
 
 Measures
-  1. cold start: from launching `streamlit run app/Defend.py` to the Fig. 5 panels drawn (the first
+  1. cold start: from launching `streamlit run streamlit_app.py` to the Fig. 5 panels drawn (the first
      Plotly chart holds its points), a fresh server each time: the very first start (nothing
      cached on disk) and restarts (M_R's preview snapshot read from the runs dir's .cache);
   2. while the lecture preset trains: how many distinct M_F panel updates the browser shows per
@@ -28,8 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.test_browser import (FIG5_DRAWN, MF_POINTS, chromium_page, streamlit_server,  # noqa: E402
-                                wait_loaded, wait_state)
+from app.e2e import FIG5_DRAWN, MF_POINTS, chromium_page, streamlit_server, wait_loaded, wait_state  # noqa: E402
 
 COUNT_UPDATES = """async ([probe, seconds]) => {
     const read = eval(probe);
@@ -56,7 +55,7 @@ def engine_steps_per_s(data_dir: str, steps: int = 100) -> float:
     import torch
 
     from core.advft import preset_config
-    from core.pipeline import load_victim, new_trainer, preset_victim
+    from core.training import load_victim, new_trainer, preset_victim
 
     torch.set_num_threads(1)
     model, data = load_victim(preset_victim("lecture"), data_dir)

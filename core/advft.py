@@ -36,6 +36,7 @@ EPS = 1e-6
 DISTANCES = ("l2", "l2sq")
 FAKE_REDUCTIONS = ("mean", "median")
 LR_SCHEDULES = ("constant", "cosine")
+MAX_EPOCHS = 10_000
 
 
 class ConfigError(ValueError):
@@ -73,10 +74,18 @@ class AdvFTConfig:
 
         need(isinstance(self.margin, (int, float)) and math.isfinite(self.margin) and self.margin > 0,
              f"margin must be a finite number > 0 (got {self.margin})")
-        need(int(self.epochs) == self.epochs and self.epochs >= 1, f"epochs must be an integer >= 1 (got {self.epochs})")
-        need(int(self.i_g) == self.i_g and self.i_g >= 0, f"I_G must be an integer >= 0 (got {self.i_g})")
-        need(int(self.i_f) == self.i_f and self.i_f >= 1, f"I_F must be an integer >= 1 (got {self.i_f})")
-        need(self.batch_size >= 2, f"batch size must be >= 2 (got {self.batch_size})")
+        def whole(name: str, label: str, low: int, high: int):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and int(v) == v
+                 and low <= v <= high, f"{label} must be an integer from {low} to {high:,} (got {v})")
+
+        # Upper bounds are far beyond any sensible run; they turn typos (1e12 epochs, a batch that cannot
+        # fit in memory, a seed torch cannot take) into a message instead of a hang or a traceback.
+        whole("epochs", "epochs", 1, MAX_EPOCHS)
+        whole("i_g", "I_G", 0, 1_000_000)
+        whole("i_f", "I_F", 1, 10_000_000)
+        whole("batch_size", "batch size", 2, 8192)
+        whole("seed", "seed", 0, 2**31 - 1)
         for name in ("lr_g", "lr_f"):
             v = getattr(self, name)
             need(math.isfinite(v) and 0 < v <= 1, f"{name} must be in (0, 1] (got {v})")
@@ -84,9 +93,10 @@ class AdvFTConfig:
         need(self.fake_reduce in FAKE_REDUCTIONS, f"fake_reduce must be one of {FAKE_REDUCTIONS} (got '{self.fake_reduce}')")
         need(self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES} (got '{self.lr_schedule}')")
         need(self.ood in OOD_SOURCES, f"ood must be one of {OOD_SOURCES} (got '{self.ood}')")
-        need(self.latent_dim >= 1 and self.gen_width >= 1, "latent_dim and gen_width must be >= 1")
-        need(self.probe_size >= 10 and self.eval_train_size >= 10 and self.eval_ood_size >= 10,
-             "probe and evaluation set sizes must be >= 10")
+        whole("latent_dim", "latent_dim", 1, 4096)
+        whole("gen_width", "gen_width", 1, 1024)
+        for name in ("probe_size", "eval_train_size", "eval_ood_size"):
+            whole(name, name, 10, 1_000_000)
         return self
 
     @classmethod
@@ -162,6 +172,54 @@ def fine_tune_loss(f_id: torch.Tensor, f_id_ref: torch.Tensor, f_fake: torch.Ten
     l_f1 = torch.clamp(d_id - d_fake + margin, min=0)
     l_f2 = d_id
     return l_f1 + l_f2, l_f1, l_f2
+
+
+# ---------------------------------------------------------------- what a UI draws
+
+
+@dataclass(frozen=True)
+class Features:
+    """Penultimate features of the three probe sets under one model: ID test images, OOD images and
+    the generator's samples for a fixed z (rows are samples)."""
+
+    id: torch.Tensor
+    ood: torch.Tensor
+    gen: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One frame of a run: everything the Fig. 5 panels, the generator grid and the curves draw.
+
+    `before` is M_R, `after` is M_F at `epoch`. Note that before.gen moves too: it is M_R's view of
+    the generator's *current* samples. Saved in run folders as a plain dict of tensors (to_dict),
+    so that torch.load(weights_only=True) can read it back."""
+
+    epoch: int
+    labels: torch.Tensor          # classes of the ID probe images
+    before: Features
+    after: Features
+    gen_images: torch.Tensor      # uint8 (n, C, H, W)
+    head: torch.Tensor            # the frozen last layer's weight: class directions
+    history: tuple[dict, ...]     # one record per finished epoch, epoch 0 first
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "labels": self.labels, "gen_images": self.gen_images, "head": self.head,
+                "history": [dict(h) for h in self.history],
+                **{f"{which}_{role}": getattr(getattr(self, which), role)
+                   for which in ("before", "after") for role in ("id", "ood", "gen")}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Snapshot":
+        """The inverse of to_dict; also reads the flat keys of runs recorded before this class existed."""
+        if "id_ref" in d:  # older runs: id_ref / id_now ...
+            d = {**d, "labels": d["id_labels"], **{f"{new}_{role}": d[f"{role}_{old}"]
+                                                   for new, old in (("before", "ref"), ("after", "now"))
+                                                   for role in ("id", "ood", "gen")}}
+        return cls(epoch=int(d["epoch"]), labels=d["labels"],
+                   before=Features(d["before_id"], d["before_ood"], d["before_gen"]),
+                   after=Features(d["after_id"], d["after_ood"], d["after_gen"]),
+                   gen_images=d["gen_images"], head=d["head"], history=tuple(d["history"]))
 
 
 # ---------------------------------------------------------------- the engine
@@ -301,13 +359,6 @@ class AdvFT:
                 return record
         return None
 
-    def run(self, should_stop=lambda: False, on_epoch=lambda record: None) -> None:
-        while not self.finished:
-            record = self.run_epoch(should_stop)
-            if record is None:
-                return
-            on_epoch(record)
-
     def _check(self, loss: torch.Tensor, name: str) -> None:
         if not torch.isfinite(loss):
             raise TrainingDiverged(
@@ -340,23 +391,19 @@ class AdvFT:
         return out
 
     @torch.no_grad()
-    def snapshot(self) -> dict:
-        """What a UI draws: probe features before (M_R) and now (M_F), G samples, losses, history."""
+    def snapshot(self) -> "Snapshot":
+        """What a UI draws now: the probe features under M_R and M_F, G's samples, the history."""
         gen = self.generator(self.fixed_z.to(self.device))
-        gen_feats = self.model.features(gen).cpu()
-        gen_feats_ref = self.reference.features(gen).cpu()
-        return {
-            "epoch": self.epoch, "g_done": self.g_done, "f_done": self.f_done, "phase": self.phase,
-            "finished": self.finished,
-            "id_labels": self.probe_id_labels,
-            "id_ref": self._ref_probe["id"], "id_now": outputs(self.model, self.probe_id, self.device)[0],
-            "ood_ref": self._ref_probe["ood"], "ood_now": outputs(self.model, self.probe_ood, self.device)[0],
-            "gen_images": (gen.cpu().clamp(0, 1) * 255).round().to(torch.uint8),
-            "gen_ref": gen_feats_ref, "gen_now": gen_feats,
-            "head": self.model.head.weight.detach().cpu().clone(),
-            "losses": dict(self.last_losses),
-            "history": [dict(h) for h in self.history],
-        }
+        return Snapshot(
+            epoch=self.epoch,
+            labels=self.probe_id_labels,
+            before=Features(self._ref_probe["id"], self._ref_probe["ood"], self.reference.features(gen).cpu()),
+            after=Features(outputs(self.model, self.probe_id, self.device)[0],
+                           outputs(self.model, self.probe_ood, self.device)[0], self.model.features(gen).cpu()),
+            gen_images=(gen.cpu().clamp(0, 1) * 255).round().to(torch.uint8),
+            head=self.model.head.weight.detach().cpu().clone(),
+            history=tuple(dict(h) for h in self.history),
+        )
 
     # ------------------------------------------------------------ save / resume
     def state_dict(self) -> dict:

@@ -285,6 +285,9 @@ class AttackConfig:
                           ("dfme_batch", 2), ("directions", 1), ("g_iter", 1), ("d_iter", 1),
                           ("latent_dim", 1), ("gen_width", 1), ("evals", 1)):
             whole(name, low)
+        # Bounds far beyond any real run: a typo becomes a message, not an overflow deep in torch.
+        need(0 <= self.seed <= 2**31 - 1, f"seed must be an integer from 0 to 2,147,483,647 (got {self.seed})")
+        need(self.queries <= 10**10, f"queries must be at most 10,000,000,000 (got {self.queries})")
         for name in ("lr", "lr_student", "lr_generator", "eps", "bandit_lr"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be a number > 0 (got {v})")

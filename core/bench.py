@@ -19,6 +19,7 @@ import torch
 from .advft import AdvFT, fine_tune_loss, generator_loss, preset_config
 from .data import to_float
 from .device import describe, pick_device
+from .training import load_victim, new_trainer, preset_victim, run_advft
 
 TARGETS = {
     "wall time (s)": ("seconds_wall", lambda v: v <= 90, "<= 90"),
@@ -30,12 +31,9 @@ TARGETS = {
 
 
 def lecture_run(out: Path, data_dir, device, seed: int) -> dict:
-    from .cli import run_advft_cli
-    from .pipeline import preset_victim
-
     t0 = time.perf_counter()
-    m = run_advft_cli(str(preset_victim("lecture")), preset_config("lecture", seed=seed), out, data_dir,
-                      str(device), preset="lecture", quiet=True)
+    m = dict(run_advft(out, preset_victim("lecture"), preset_config("lecture", seed=seed), data_dir, device,
+                       preset="lecture").metrics)
     m["seconds_wall"] = time.perf_counter() - t0
     m["acc_drop"] = 100 * (m["acc_after"] - m["acc_before"])
     m["shift_ratio"] = m["ood_shift"] / max(m["id_shift"], 1e-12)
@@ -72,8 +70,6 @@ def engine_steps(t: AdvFT, n: int) -> None:
 
 
 def overhead(data_dir, device, blocks: int = 5, n: int = 20) -> dict:
-    from .pipeline import load_victim, new_trainer, preset_victim
-
     victim, data = load_victim(preset_victim("lecture"), data_dir, device)
     t = new_trainer(victim, data, preset_config("lecture", eval_train_size=100, eval_ood_size=100), data_dir, device)
     engine_steps(t, 3)  # warm-up; both loops then update the same models and optimisers
@@ -88,22 +84,22 @@ def overhead(data_dir, device, blocks: int = 5, n: int = 20) -> dict:
     return {"engine_steps_per_s": e, "bare_steps_per_s": b, "ratio": e / b}
 
 
-def main(a) -> int:
-    device = pick_device(a.device)
-    print(f"device: {describe(device)}; data dir: {a.data_dir}; torch {torch.__version__}")
-    out_root = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="advft-bench-"))
+def main(out: str | None, seeds: int, data_dir, device: str = "auto") -> int:
+    device = pick_device(device)
+    print(f"device: {describe(device)}; data dir: {data_dir}; torch {torch.__version__}")
+    out_root = Path(out) if out else Path(tempfile.mkdtemp(prefix="advft-bench-"))
     rows = []
-    for seed in range(a.seeds):
+    for seed in range(seeds):
         run_dir = out_root / f"lecture-seed{seed}"
         if run_dir.exists():
             import shutil
 
             shutil.rmtree(run_dir)
-        rows.append(lecture_run(run_dir, a.data_dir, device, seed))
-    ov = overhead(a.data_dir, device)
+        rows.append(lecture_run(run_dir, data_dir, device, seed))
+    ov = overhead(data_dir, device)
 
-    print("\n| lecture preset (MNIST lenet2d) | " + " | ".join(f"seed {s}" for s in range(a.seeds)) + " | target | met |")
-    print("|---|" + "---|" * a.seeds + "---|---|")
+    print("\n| lecture preset (MNIST lenet2d) | " + " | ".join(f"seed {s}" for s in range(seeds)) + " | target | met |")
+    print("|---|" + "---|" * seeds + "---|---|")
     print("| Acc_MR | " + " | ".join(f"{r['acc_before']:.4f}" for r in rows) + " | | |")
     print("| Acc_MF | " + " | ".join(f"{r['acc_after']:.4f}" for r in rows) + " | | |")
     for label, (key, ok, target) in TARGETS.items():

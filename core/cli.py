@@ -1,7 +1,9 @@
-"""Command line: `python -m core <command> --help`.
+"""Command line: `python -m core <command> --help`. The only module that knows argparse; nothing else
+in core/ imports it.
 
-Every user error (bad value, missing data, unreadable checkpoint) ends as one line on stderr and
-exit status 2; nothing half-written is left behind (all files are written atomically).
+Every user error (bad value, missing data, unreadable checkpoint, an --out that cannot be written)
+ends as one line on stderr and exit status 2, before any work where it can be known before; nothing
+half-written is left behind (all files are written atomically).
 """
 
 from __future__ import annotations
@@ -9,55 +11,102 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .advft import AdvFTConfig, ConfigError, PRESETS, TrainingDiverged, preset_config
+from .advft import AdvFTConfig, ConfigError, MAX_EPOCHS, PRESETS, TrainingDiverged, preset_config
+from .attacks import ATTACKS, DEFENCES, LABELS, SAMPLINGS, SURROGATES, AttackConfig, AttackResult, DefenceConfig
 from .data import DATASETS, DataError, OOD_SOURCES, resolve_data_dir
 from .device import describe, pick_device
-from .models import ARCHS, CheckpointError, save_model
-from .runs import RunDir, atomic_write_json, list_runs, resolve_runs_dir
+from .models import ARCHS, CheckpointError, load_model, save_model
+from .runs import RunError, atomic_write_json, list_runs, resolve_runs_dir
+from .training import one_line
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, ValueError, FileNotFoundError, PermissionError)
 
 
 class CLIError(Exception):
     pass
 
 
-def _int_at_least(low: int):
+# ---------------------------------------------------------------- argument types
+
+
+def _int_range(low: int, high: int):
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text[:40]}'") from None
         if v < low:
             raise argparse.ArgumentTypeError(f"must be >= {low} (got {v})")
+        if v > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,} (got {text[:40]})")
         return v
     return parse
 
 
-_positive_int, _nonneg_int = _int_at_least(1), _int_at_least(0)
+_positive_int, _nonneg_int = _int_range(1, 10**10), _int_range(0, 10**10)
+_seed = _int_range(0, 2**31 - 1)
 
 
 def _margin(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
     if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text[:40]})")
     return v
 
 
-def _progress(total: int, desc: str):
+def _csv_floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text[:40]}'") from None
+    if not vals or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected finite numbers > 0, got '{text[:40]}'")
+    return vals
+
+
+def _csv_epochs(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text[:40]}'") from None
+    if not vals or min(vals) < 0 or max(vals) > MAX_EPOCHS:
+        raise argparse.ArgumentTypeError(f"expected integers from 0 to {MAX_EPOCHS}, got '{text[:40]}'")
+    return vals
+
+
+def _writable_folder(path: str | Path) -> Path:
+    """--out checked before any work (nothing is created yet): a folder, or a path whose nearest existing
+    parent is a folder we can write in."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out '{out}' is a file, not a folder; choose another --out")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise CLIError(f"--out '{out}' cannot be written ('{existing}' is not a writable folder); choose another --out")
+    return out
+
+
+def _progress(total: int, desc: str, unit: str = "step"):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, file=sys.stderr,
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
                 disable=None)  # disable=None: no bar when stderr is not a terminal (CI logs)
+
+
+def _note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -72,12 +121,12 @@ def cmd_train_victim(a) -> int:
     from .data import load_dataset
     from .victim import VictimConfig, train_victim, victim_name
 
+    out = _writable_folder(a.out)
     device = pick_device(a.device)
     data = load_dataset(a.dataset, a.data_dir)
     print(f"data: {data.source}\ndevice: {describe(device)}", file=sys.stderr)
     cfg = VictimConfig(arch=a.arch, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, shift=a.shift, seed=a.seed)
-    out = Path(a.out)
-    bar = _progress(a.epochs, f"train {a.dataset}/{a.arch}")
+    bar = _progress(a.epochs, f"train {a.dataset}/{a.arch}", "epoch")
     t0 = time.perf_counter()
 
     def progress(epoch, acc):
@@ -101,72 +150,59 @@ def cmd_train_victim(a) -> int:
 # ---------------------------------------------------------------- advft
 
 
-def _advft_config(a) -> AdvFTConfig:
-    overrides = {k: v for k, v in {
-        "margin": a.margin, "epochs": a.epochs, "i_g": a.ig, "i_f": getattr(a, "if"), "seed": a.seed,
-        "batch_size": a.batch_size, "lr_g": a.lr_g, "lr_f": a.lr_f, "distance": a.distance,
-        "fake_reduce": a.fake_reduce, "lr_schedule": a.lr_schedule, "ood": a.ood,
-    }.items() if v is not None}
+def advft_config(a) -> AdvFTConfig:
+    """The preset's config with every AdvFT option the command has and the user gave."""
+    options = {"margin": "margin", "epochs": "epochs", "i_g": "ig", "i_f": "if", "seed": "seed",
+               "batch_size": "batch_size", "lr_g": "lr_g", "lr_f": "lr_f", "distance": "distance",
+               "fake_reduce": "fake_reduce", "lr_schedule": "lr_schedule", "ood": "ood"}
+    overrides = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
     return preset_config(a.preset, **overrides).validate()
 
 
-def run_advft_cli(victim: str, config: AdvFTConfig, out: Path, data_dir=None, device="auto",
-                  preset: str | None = None, resume: bool = False, quiet: bool = False) -> dict:
-    """Run (or resume) AdvFT into the folder `out`; returns the final metrics."""
-    from .pipeline import RunRecorder, load_victim, new_trainer, resume_trainer
+def cmd_advft(a) -> int:
+    from .training import RecordedRun, drive, preset_victim
 
-    dev = pick_device(device)
-    run = RunDir(out)
-    if resume:
-        trainer = resume_trainer(run, data_dir, dev)
-        recorder = RunRecorder(run, trainer, run.config()["victim"], resumed=True)
+    out = Path(a.out)
+    device = pick_device(a.device)
+    if a.resume:
+        run = RecordedRun.resume(out, a.data_dir, device)
     else:
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--out '{out}' is a file, not a folder for a run; choose another --out")
         if (out / "config.json").exists():
             raise CLIError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")
-        victim_model, data = load_victim(victim, data_dir, dev)
-        trainer = new_trainer(victim_model, data, config, data_dir, dev)
-        recorder = RunRecorder(run, trainer, victim, preset=preset)
-    cfg = trainer.config
-    if not quiet:
-        print(f"data: {trainer.data.source}\nOOD: {trainer.ood_source}\ndevice: {describe(dev)}", file=sys.stderr)
-    steps_per_epoch = cfg.i_g + cfg.i_f
-    bar = _progress(cfg.epochs * steps_per_epoch, "AdvFT") if not quiet else None
-    if bar:
-        bar.update(trainer.epoch * steps_per_epoch)
+        config = advft_config(a)
+        victim = a.victim or str(preset_victim(a.preset))
+        run = RecordedRun.create(out, victim, config, a.data_dir, device, preset=a.preset)
+    t = run.trainer
+    print(f"data: {t.data.source}\nOOD: {t.ood_source}\ndevice: {describe(device)}", file=sys.stderr)
+    per_epoch = t.config.i_g + t.config.i_f
+    bar = _progress(t.config.epochs * per_epoch, "AdvFT")
+    bar.update(t.epoch * per_epoch)
+
+    def on_step(action, record):
+        bar.update(1)
+        if record is not None:
+            bar.set_postfix(ep=record["epoch"], acc=f"{record['acc_after']:.4f}",
+                            ood_agree=f"{record['ood_agreement']:.2f}")
+
     try:
-        while not trainer.finished:
-            record = trainer.step()
-            if bar:
-                bar.update(1)
-            if record is not None:
-                recorder.epoch_done()
-                if bar:
-                    bar.set_postfix(ep=record["epoch"], acc=f"{record['acc_after']:.4f}",
-                                    ood_agree=f"{record['ood_agreement']:.2f}")
+        drive(run, on_step=on_step)
     except TrainingDiverged as e:
-        recorder.finish("failed", str(e))
-        raise CLIError(f"{e} (the last good epoch, {trainer.epoch}, is saved in {out})") from None
+        raise CLIError(f"{e} (the last good epoch, {t.epoch}, is saved in {out}; --resume continues from it)") \
+            from None
     except KeyboardInterrupt:
-        recorder.finish("stopped", f"interrupted during epoch {trainer.epoch + 1}; resume with --resume")
         raise
+    except Exception as e:  # out of memory, a disk that fills up...: recorded as failed, said in one line
+        if isinstance(e, USER_ERRORS):
+            raise
+        raise CLIError(f"the run failed: {one_line(e)} (recorded in {out}; --resume continues from the last "
+                       "finished epoch)") from None
     finally:
-        if bar:
-            bar.close()
-    metrics = recorder.finish("finished")
-    summary = {k: metrics[k] for k in ("acc_before", "acc_after", "kl_train", "kl_test", "id_shift", "ood_shift",
-                                         "ood_agreement", "seconds", "epochs_done")}
-    return summary
-
-
-def cmd_advft(a) -> int:
-    victim = a.victim
-    if victim is None:
-        from .pipeline import preset_victim
-
-        victim = str(preset_victim(a.preset))
-    config = _advft_config(a)
-    m = run_advft_cli(victim, config, Path(a.out), a.data_dir, a.device, preset=a.preset, resume=a.resume)
-    print(json.dumps(m, indent=2))
+        bar.close()
+    m = run.metrics
+    print(json.dumps({k: m[k] for k in ("acc_before", "acc_after", "kl_train", "kl_test", "id_shift", "ood_shift",
+                                         "ood_agreement", "seconds", "epochs_done")}, indent=2))
     return 0
 
 
@@ -179,16 +215,153 @@ def cmd_runs(a) -> int:
     if not runs:
         print(f"no runs under '{root}'")
         return 0
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
     for r in runs:
-        cfg, st, hist = r.config(), r.status(), r.history()
-        last = hist[-1] if hist else {}
-        print(f"{r.name:30s} {st.get('status', '?'):9s} {cfg.get('dataset', '?')}/{cfg.get('arch', '?')} "
-              f"m={cfg.get('advft', {}).get('margin')} epoch {last.get('epoch', 0)} "
-              f"acc {last.get('acc_after', float('nan')):.4f} ood_agree {last.get('ood_agreement', float('nan')):.2f}")
+        s = r.summary()
+        line = (f"{s.name:30s} {s.status:11s} {s.dataset}/{s.arch} m={num(s.margin, 'g')} "
+                f"epoch {s.epoch}/{num(s.epochs, 'd')} acc {num(s.acc_after, '.4f')} "
+                f"ood_agree {num(s.ood_agreement, '.2f')}")
+        print(line + (f"  [{s.problem}]" if s.problem else ""))
     return 0
 
 
+# ---------------------------------------------------------------- attack, table, sweep
+
+
+def attack_config(a) -> AttackConfig:
+    return AttackConfig(attack=a.attack, labels=a.labels, queries=a.queries, surrogate=a.surrogate, seed=a.seed,
+                        sampling=a.sampling, transfer=a.transfer, rounds=a.rounds, evals=a.evals,
+                        eval_size=a.eval_size).validate()
+
+
+def cmd_attack(a) -> int:
+    from .attacks import run_attack
+    from .training import load_victim
+
+    out = _writable_folder(a.out)
+    device = pick_device(a.device)
+    config = attack_config(a)
+    defence = DefenceConfig(name=a.defence, seed=a.seed).validate()
+    target, data = load_victim(a.target, a.data_dir, device)
+    print(f"target: {a.target} ({target.arch} on {data.name}); data: {data.source}; device: {describe(device)}",
+          file=sys.stderr)
+    bar = _progress(config.queries, f"{config.attack} vs {defence.name}", "query")
+
+    def progress(r: AttackResult):
+        bar.update(r.queries - bar.n)
+        if r.surrogate_acc is not None:
+            bar.set_postfix(phase=r.phase, acc=f"{r.surrogate_acc:.4f}")
+
+    try:
+        result = run_attack(target, data, config, defence, a.data_dir, progress=progress)
+    finally:
+        bar.close()
+    if result.transfer_source:
+        print(f"transfer set: {result.transfer_source}", file=sys.stderr)
+    save_model(result.surrogate.cpu(), out / "surrogate.pt", attack=config.attack, target=str(a.target),
+               test_accuracy=result.surrogate_acc)
+    atomic_write_json(out / "result.json", {**result.to_dict(), "target": str(a.target), "device": describe(device)})
+    print(json.dumps({k: getattr(result, k) for k in ("surrogate_acc", "surrogate_best_acc", "agreement", "queries",
+                                                       "target_acc", "seconds", "status")}, indent=2))
+    return 0
+
+
+def _experiment_setup(a):
+    """(out, device, attack config, victim name, victim, its data) for `table` and `sweep`."""
+    from .training import load_victim
+
+    out = _writable_folder(a.out)
+    device = pick_device(a.device)
+    attack = attack_config(a)
+    victim_name = a.victim or PRESETS[a.preset]["victim"]
+    return (out, device, attack, victim_name, *load_victim(victim_name, a.data_dir, device))
+
+
+def cmd_table(a) -> int:
+    from . import figures
+    from .experiments import attack_table, format_table, write_experiment
+
+    out, device, attack, victim_name, victim, data = _experiment_setup(a)
+    protected = None
+    if a.protected:
+        protected = load_model(a.protected, device)
+        if (protected.arch, protected.dataset) != (victim.arch, victim.dataset):
+            raise CheckpointError(f"'{a.protected}' is a {protected.arch} on {protected.dataset}, "
+                                  f"the victim a {victim.arch} on {victim.dataset}")
+    elif (out / "advft" / "config.json").exists():
+        raise CLIError(f"'{out / 'advft'}' already holds an AdvFT run; choose another --out or pass --protected "
+                       f"{out / 'advft' / 'model.pt'}")
+    t0 = time.perf_counter()
+    report = attack_table(victim, data, attack, None if protected is not None else advft_config(a), protected,
+                          data_dir=a.data_dir, advft_out=None if protected is not None else out / "advft",
+                          victim_name=victim_name, note=_note)
+    report.update({"victim": victim_name, "protected": a.protected, "device": describe(device),
+                   "seconds": round(time.perf_counter() - t0, 1)})
+    markdown = format_table(report["rows"])
+    for line in write_experiment(out, "table", report, figures.table_figure(report), markdown):
+        _note(line)
+    print(markdown)
+    return 0
+
+
+def cmd_sweep(a) -> int:
+    from . import figures
+    from .experiments import epoch_sweep, margin_sweep, write_experiment
+
+    out, device, attack, victim_name, victim, data = _experiment_setup(a)
+    advft = advft_config(a)
+    t0 = time.perf_counter()
+    if a.kind == "epochs":
+        report = epoch_sweep(victim, data, advft, attack, out, a.at, a.data_dir, victim_name, _note)
+    else:
+        report = margin_sweep(victim, data, advft, attack, a.margins, out, a.data_dir, victim_name, _note)
+    report.update({"victim": victim_name, "device": describe(device), "seconds": round(time.perf_counter() - t0, 1)})
+    name = f"sweep_{a.kind}"
+    figure = figures.sweep_figure(report, "epoch" if a.kind == "epochs" else "margin")
+    for line in write_experiment(out, name, report, figure):
+        _note(line)
+    for r in report["rows"]:
+        print(json.dumps(r))
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(a.out, a.seeds, a.data_dir, a.device)
+
+
 # ---------------------------------------------------------------- parser
+
+
+def _attack_args(p: argparse.ArgumentParser, target_flag: str) -> None:
+    d = AttackConfig()
+    if target_flag == "--target":
+        p.add_argument("--target", required=True, help="checkpoint to attack (a victim, or an AdvFT run's model.pt), "
+                                                      "or a committed victim name such as mnist_lenet2d")
+    else:
+        p.add_argument("--victim", help="M_R: checkpoint path or committed victim name (default: the preset's victim)")
+    p.add_argument("--attack", default=d.attack, choices=list(ATTACKS))
+    p.add_argument("--labels", default=d.labels, choices=list(LABELS), help="what the thief asks the API for")
+    p.add_argument("--queries", type=_positive_int, default=d.queries, help=f"query budget Q (default {d.queries})")
+    p.add_argument("--surrogate", default=d.surrogate, choices=list(SURROGATES),
+                   help="full: the victim arch's full-width counterpart (strong attacker); same: the victim's arch")
+    p.add_argument("--sampling", default=d.sampling, choices=list(SAMPLINGS), help="KnockoffNets' query policy")
+    p.add_argument("--transfer", default=d.transfer,
+                   help="KnockoffNets' transfer set: cifar10 (offline crops when absent), natural, or an .npz path")
+    p.add_argument("--rounds", type=_int_range(1, 1000), default=d.rounds,
+                   help=f"KnockoffNets' query/train rounds = its accuracy-vs-queries points (default {d.rounds}: "
+                        "query the whole budget, then train)")
+    p.add_argument("--evals", type=_int_range(1, 1000), default=d.evals,
+                   help=f"DFME's points on the accuracy-vs-queries curve (default {d.evals})")
+    p.add_argument("--eval-size", type=_int_range(10, 10**7), default=d.eval_size,
+                   help=f"ID test images the surrogate is scored on (default {d.eval_size})")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--out", required=True, help="folder for the results")
+    _common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,12 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-victim", help="train the original model M_R", description="Train a victim model M_R.")
     t.add_argument("--dataset", required=True, choices=list(DATASETS))
     t.add_argument("--arch", default="lenet2d", choices=list(ARCHS))
-    t.add_argument("--epochs", type=_positive_int, default=10)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--epochs", type=_int_range(1, 1000), default=10)
+    t.add_argument("--batch-size", type=_int_range(1, 8192), default=128)
     t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--shift", type=_nonneg_int, default=VictimConfig.shift,
+    t.add_argument("--shift", type=_int_range(0, 8), default=VictimConfig.shift,
                    help="random translation augmentation in pixels (default %(default)s)")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_seed, default=0)
     t.add_argument("--out", required=True, help="folder; writes <dataset>_<arch>.pt and .json there")
     _common(t)
     t.set_defaults(func=cmd_train_victim)
@@ -216,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--victim", help="checkpoint path or committed victim name (default: the preset's victim)")
     v.add_argument("--preset", default="lecture", choices=list(PRESETS), help="defaults for all settings below")
     v.add_argument("--margin", type=_margin, help=f"m (preset lecture: {d.margin})")
-    v.add_argument("--epochs", type=_positive_int, help=f"N (lecture: {d.epochs})")
+    v.add_argument("--epochs", type=_int_range(1, MAX_EPOCHS), help=f"N (lecture: {d.epochs})")
     v.add_argument("--ig", type=_nonneg_int, help=f"generator steps per epoch I_G (lecture: {d.i_g})")
     v.add_argument("--if", type=_positive_int, help=f"model steps per epoch I_F (lecture: {d.i_f})")
     v.add_argument("--batch-size", type=_positive_int)
@@ -226,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fake-reduce", choices=["mean", "median"])
     v.add_argument("--lr-schedule", choices=["constant", "cosine"])
     v.add_argument("--ood", choices=list(OOD_SOURCES), help="OOD probe set for plots and OOD metrics")
-    v.add_argument("--seed", type=int)
+    v.add_argument("--seed", type=_seed)
     v.add_argument("--out", required=True, help="run folder to create")
     v.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     _common(v)
@@ -239,19 +412,34 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="benchmark the lecture preset and the engine overhead",
                        description="Run the benchmark table of the README (needs MNIST and CIFAR-10 in the data dir).")
     b.add_argument("--out", default=None, help="folder for the benchmark's runs (default: a temporary folder)")
-    b.add_argument("--seeds", type=_positive_int, default=1, help="seeds of the lecture preset to run")
+    b.add_argument("--seeds", type=_int_range(1, 100), default=1, help="seeds of the lecture preset to run")
     _common(b)
-    b.set_defaults(func=lambda a: __import__("core.bench", fromlist=["main"]).main(a))
+    b.set_defaults(func=cmd_bench)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    k = sub.add_parser("attack", help="steal a model through its black-box API",
+                       description="Run KnockoffNets or DFME against a model behind a (defended) API; "
+                                   "writes OUT/result.json and OUT/surrogate.pt.")
+    _attack_args(k, "--target")
+    k.add_argument("--defence", default="none", choices=list(DEFENCES),
+                   help="API poisoning: none, dp (deceptive perturbation), am (adaptive misinformation), top1")
+    k.set_defaults(func=cmd_attack)
+
+    for name, helptext in (("table", "the paper's Table 2/3: AdvFT vs DP vs AM vs none under one attack"),
+                           ("sweep", "Fig. 4 (surrogate accuracy vs AdvFT epochs) or a margin sweep")):
+        e = sub.add_parser(name, help=helptext, description=helptext + "; writes CSV, JSON and an HTML figure.")
+        _attack_args(e, "--victim")
+        e.add_argument("--preset", default="lecture", choices=list(PRESETS), help="AdvFT settings")
+        e.add_argument("--margin", type=_margin, help="AdvFT margin m (default: the preset's)")
+        e.add_argument("--epochs", type=_int_range(1, MAX_EPOCHS), help="AdvFT epochs N (default: the preset's)")
+        if name == "table":
+            e.add_argument("--protected", help="an existing protected model.pt for the AdvFT row (skips running AdvFT)")
+            e.set_defaults(func=cmd_table)
+        else:
+            e.add_argument("--kind", default="epochs", choices=["epochs", "margin"])
+            e.add_argument("--at", type=_csv_epochs, help="epochs to attack after, e.g. 0,1,2,4,6 (default: every epoch)")
+            e.add_argument("--margins", type=_csv_floats, default=[1.0, 3.0, 10.0, 30.0], help="margins for --kind margin")
+            e.set_defaults(func=cmd_sweep)
     return p
-
-
-# Later modules (attacks, experiments) add their subcommands here.
-_EXTRA_COMMANDS: list = [
-    lambda sub: __import__("core.experiments", fromlist=["add_commands"]).add_commands(sub),  # attack, table, sweep
-]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,9 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.func(a)
     except (CLIError, *USER_ERRORS) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
+    except MemoryError:
+        print("error: out of memory; use a smaller --batch-size or budget", file=sys.stderr)
+        return 2

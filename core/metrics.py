@@ -87,3 +87,15 @@ class Evaluator:
             "ood_shift": feature_shift(rf_ood, f_ood),
             "ood_agreement": agreement(rl_ood, l_ood),
         }
+
+
+def fidelity(reference_logits: dict[str, torch.Tensor], answers: dict[str, torch.Tensor],
+             y_test: torch.Tensor) -> dict[str, float]:
+    """What honest users get: Acc_MF on the test split and KL(P_R || P_answer) on each split given.
+
+    `reference_logits` and `answers` map a split ('train', 'test') to M_R's logits and to the logits
+    (or log-probabilities: the same distribution) of what the deployment answers; a defended API's
+    answers are floored at 1e-30 before their log (see core.attacks), so KL stays finite."""
+    out = {"acc_mf": accuracy(answers["test"], y_test)}
+    out.update({f"kl_{split}": kl_divergence(reference_logits[split], answers[split]) for split in answers})
+    return out

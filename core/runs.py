@@ -1,28 +1,42 @@
 """Run folders: everything one training run writes, written atomically, listable and reloadable.
 
 A run folder holds
-    config.json        the AdvFTConfig and the victim it started from
+    config.json        the AdvFTConfig and the victim it started from (RunConfig)
     status.json        running | paused | finished | stopped | failed, with a message
     history.jsonl      one JSON line of metrics per finished epoch
     state.pt           the trainer's full state after the last finished epoch (for resuming)
     model.pt           the protected model M_F (a normal checkpoint, core.load_model reads it)
     metrics.json       final metrics (written when the run finishes)
-    snapshots/epoch_NNNN.pt   features of the probe sets and generator samples, per epoch
+    snapshots/epoch_NNNN.pt   a core.advft.Snapshot per epoch (probe features, generator samples)
+    .lock              held (flock) by the one process writing the run; the OS drops it when that
+                       process dies, so a crash never leaves a run locked
 Each file is written to a temporary name and renamed into place, so a crash or kill leaves either
-the old file or the new one, never half of one.
+the old file or the new one, never half of one (and the next writer sweeps up stray temporaries).
+
+Only this module knows the layout: everything else asks a RunDir for typed objects (RunConfig,
+RunSummary, Snapshot) or paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .advft import AdvFTConfig, ConfigError, Snapshot
+
+try:  # POSIX; elsewhere runs are not locked (one writer is then the user's business)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 RUNS_DIR_ENV = "ADVFT_RUNS_DIR"
 DEFAULT_RUNS_DIR = "./runs"
@@ -74,11 +88,86 @@ def read_json(path: str | Path, default=None):
         return default
 
 
+class RunError(ValueError):
+    """A run folder is gone, or one of its files does not read; the message names the run and the file."""
+
+
+class RunBusy(RunError):
+    """Another job or process is writing this run folder right now."""
+
+
+FINAL_STATES = ("finished", "stopped", "failed")
+LIVE_STATES = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """config.json: how the run was made."""
+
+    advft: AdvFTConfig
+    victim: str
+    preset: str | None = None
+    dataset: str = "?"
+    arch: str = "?"
+    data_source: str = ""
+    ood_source: str = ""
+    device: str = ""
+    created: str = ""
+    victim_accuracy: float | None = None
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "advft": self.advft.__dict__}
+
+    @classmethod
+    def from_dict(cls, d) -> "RunConfig":
+        """Raises ValueError (with what is wrong) for a file that is not a run's config."""
+        if not isinstance(d, dict) or not isinstance(d.get("advft"), dict) or not isinstance(d.get("victim"), str):
+            raise ValueError("not a run configuration (expected an object with 'advft' and 'victim')")
+        try:
+            advft = AdvFTConfig.from_dict(d["advft"]).validate()
+        except (TypeError, ConfigError) as e:
+            raise ValueError(f"its AdvFT settings are invalid ({e})") from None
+        known = {k: d[k] for k in ("preset", "dataset", "arch", "data_source", "ood_source", "device", "created",
+                                   "victim_accuracy") if k in d}
+        return cls(advft=advft, victim=d["victim"], **known)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One line of a run listing (the CLI's `runs`, the app's Runs page, the Attack page's targets).
+    `status` is 'interrupted' for a run that says running/paused but that nobody is writing."""
+
+    name: str
+    status: str
+    message: str = ""
+    dataset: str = "?"
+    arch: str = "?"
+    margin: float | None = None
+    epoch: int = 0
+    epochs: int | None = None
+    acc_before: float | None = None
+    acc_after: float | None = None
+    kl_test: float | None = None
+    ood_agreement: float | None = None
+    created: str = ""
+    has_model: bool = False
+    problem: str | None = None   # why a file of this run does not read; None when all is well
+
+    @property
+    def resumable(self) -> bool:
+        return self.problem is None and self.status in ("stopped", "failed", "interrupted")
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
 @dataclass
 class RunDir:
     """One run folder. All writes are atomic; reads tolerate a folder that is being written."""
 
     path: Path
+    _lock_fd: int | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.path = Path(self.path)
@@ -87,21 +176,77 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+    @property
+    def state_path(self) -> Path:
+        return self.path / "state.pt"
+
+    def snapshot_path(self, epoch: int) -> Path:
+        return self.path / "snapshots" / f"epoch_{epoch:04d}.pt"
+
+    def exists(self) -> bool:
+        return (self.path / "config.json").is_file()
+
+    # ------------------------------------------------------------------ one writer at a time
+    def acquire(self) -> None:
+        """Take the run's write lock (creating the folder); RunBusy if another writer holds it.
+        Stray temporaries of a writer that was killed mid-write are removed here."""
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise RunBusy(f"run '{self.name}' is being written by another job or process") from None
+        self._lock_fd = fd
+        for tmp in (*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp")):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor drops the flock
+            self._lock_fd = None
+
+    def is_locked(self) -> bool:
+        """Whether some job or process (this one included) is writing the run now."""
+        if self._lock_fd is not None:
+            return True
+        if fcntl is None:
+            return False
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)  # also drops the probe's own shared lock
+
     # ------------------------------------------------------------------ writing
-    def write_config(self, config: dict) -> None:
-        atomic_write_json(self.path / "config.json", config)
+    def write_config(self, config: RunConfig) -> None:
+        atomic_write_json(self.path / "config.json", config.to_dict())
 
     def _existing(self, name: str) -> Path:
         """Where to write a file of a run that must already exist: a run folder deleted underneath a
         live job is an error, not something to recreate half-empty (list_runs would never show it)."""
-        if not (self.path / "config.json").is_file():
+        if not self.exists():
             raise FileNotFoundError(f"run folder '{self.path}' was deleted (or never created)")
         return self.path / name
 
     def write_status(self, status: str, message: str = "", **extra) -> None:
         atomic_write_json(self._existing("status.json"), {"status": status, "message": message, **extra})
 
-    def write_history(self, history: list[dict]) -> None:
+    def write_history(self, history) -> None:
         # Rewritten whole (it is small), so a kill mid-write can never leave a torn last line.
         atomic_write_bytes(self._existing("history.jsonl"),
                            "".join(json.dumps(h, default=_json_default) + "\n" for h in history).encode())
@@ -112,43 +257,106 @@ class RunDir:
     def save_state(self, state: dict) -> None:
         atomic_torch_save(state, self._existing("state.pt"))
 
-    def save_snapshot(self, epoch: int, snapshot: dict) -> None:
-        atomic_torch_save(snapshot, self._existing("snapshots") / f"epoch_{epoch:04d}.pt")
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        self._existing("snapshots")
+        atomic_torch_save(snapshot.to_dict(), self.snapshot_path(snapshot.epoch))
+
+    def drop_snapshots_after(self, epoch: int) -> None:
+        """Snapshots of epochs a restarted run will redo (they would show a future that is not there)."""
+        for e in self.snapshot_epochs():
+            if e > epoch:
+                with contextlib.suppress(OSError):
+                    self.snapshot_path(e).unlink()
 
     # ------------------------------------------------------------------ reading
-    def config(self) -> dict:
-        return read_json(self.path / "config.json", {}) or {}
+    def config(self) -> RunConfig:
+        """RunError when the folder is gone or config.json is not a run's configuration."""
+        try:
+            raw = json.loads((self.path / "config.json").read_text())
+        except FileNotFoundError:
+            raise RunError(f"run '{self.name}' no longer exists under {self.path.parent}") from None
+        except (OSError, ValueError) as e:
+            raise RunError(f"run '{self.name}': config.json does not read ({str(e)[:120]})") from None
+        try:
+            return RunConfig.from_dict(raw)
+        except ValueError as e:
+            raise RunError(f"run '{self.name}': config.json is {e}") from None
 
     def status(self) -> dict:
-        return read_json(self.path / "status.json", {"status": "unknown", "message": ""}) or {}
+        st = read_json(self.path / "status.json")
+        if not isinstance(st, dict) or not isinstance(st.get("status"), str):
+            return {"status": "unknown", "message": "status.json is missing or damaged"}
+        if st["status"] in LIVE_STATES and not self.is_locked():
+            return {**st, "status": "interrupted",
+                    "message": f"was {st['status']} when its process ended; it can be resumed"}
+        return st
 
     def history(self) -> list[dict]:
+        """RunError when history.jsonl does not read (a missing file is an empty history)."""
         try:
             lines = (self.path / "history.jsonl").read_text().splitlines()
-        except OSError:
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in lines if line.strip()]  # ValueError on a damaged file
+        except OSError as e:
+            raise RunError(f"run '{self.name}': history.jsonl does not read ({e})") from None
+        try:
+            records = [json.loads(line) for line in lines if line.strip()]
+        except ValueError as e:
+            raise RunError(f"run '{self.name}': history.jsonl does not read ({str(e)[:120]})") from None
+        if not all(isinstance(r, dict) for r in records):
+            raise RunError(f"run '{self.name}': history.jsonl does not read (a line is not a record)")
+        return records
 
     def metrics(self) -> dict | None:
         return read_json(self.path / "metrics.json")
 
     def load_state(self) -> dict:
-        return torch.load(self.path / "state.pt", map_location="cpu", weights_only=True)
+        return torch.load(self.state_path, map_location="cpu", weights_only=True)
 
     def snapshot_epochs(self) -> list[int]:
         folder = self.path / "snapshots"
         if not folder.is_dir():
             return []
-        return sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.pt"))
+        epochs = []
+        for p in folder.glob("epoch_*.pt"):
+            with contextlib.suppress(ValueError, IndexError):
+                epochs.append(int(p.stem.split("_")[1]))
+        return sorted(epochs)
 
-    def load_snapshot(self, epoch: int) -> dict:
-        return torch.load(self.path / "snapshots" / f"epoch_{epoch:04d}.pt", map_location="cpu", weights_only=True)
+    def load_snapshot(self, epoch: int) -> Snapshot:
+        """RunError when the snapshot is missing or does not load."""
+        path = self.snapshot_path(epoch)
+        if not path.is_file():
+            raise RunError(f"run '{self.name}' has no saved snapshot for epoch {epoch} (deleted?)")
+        try:
+            return Snapshot.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # torch.load on a truncated or foreign file: zip, pickle, key or runtime errors
+            reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise RunError(f"run '{self.name}': the epoch {epoch} snapshot does not load ({reason})") from None
 
-    @property
-    def model_path(self) -> Path:
-        return self.path / "model.pt"
+    def summary(self) -> RunSummary:
+        """Never raises: a file that does not read becomes the summary's `problem`."""
+        st = self.status()
+        problem, cfg, history = None, None, []
+        try:
+            cfg = self.config()
+            history = self.history()
+        except RunError as e:
+            problem = str(e)
+        last = history[-1] if history else {}
+        return RunSummary(
+            name=self.name, status=st["status"], message=str(st.get("message", "")),
+            dataset=cfg.dataset if cfg else "?", arch=cfg.arch if cfg else "?",
+            margin=cfg.advft.margin if cfg else None, epochs=cfg.advft.epochs if cfg else None,
+            epoch=int(last["epoch"]) if isinstance(last.get("epoch"), int) else 0,
+            acc_before=_number(last.get("acc_before")), acc_after=_number(last.get("acc_after")),
+            kl_test=_number(last.get("kl_test")), ood_agreement=_number(last.get("ood_agreement")),
+            created=cfg.created if cfg else "", has_model=self.model_path.is_file(), problem=problem)
 
     def delete(self) -> None:
+        """Refuses (RunBusy) while a job or process writes the run."""
+        if self.is_locked():
+            raise RunBusy(f"run '{self.name}' is being trained right now; stop it before deleting it")
         shutil.rmtree(self.path, ignore_errors=True)
 
 

@@ -10,15 +10,14 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from app import plots
 from app.jobs import Job, JobSlots, JobSpec, new_run_dir
 from app.state import UI_PRESETS, UIState, for_run
-from core.pipeline import RunRecorder, load_victim, new_trainer, victim_path
+from core import figures as plots
 from core.runs import RunDir
+from core.training import RecordedRun, load_victim, new_trainer, victim_path
 from tests.conftest import MNIST_VICTIM, ROOT, tiny_config
 
-DEFEND = str(ROOT / "app" / "Defend.py")
-RUNS = str(ROOT / "app" / "pages" / "2_Runs.py")
+ENTRY = str(ROOT / "streamlit_app.py")  # the app as users start it; the Defend page is its default
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def env(data_dir, tmp_path, monkeypatch):
 
 
 def defend(query: dict | None = None) -> AppTest:
-    at = AppTest.from_file(DEFEND, default_timeout=120)
+    at = AppTest.from_file(ENTRY, default_timeout=120)
     for k, v in (query or {}).items():
         at.query_params[k] = v
     return at.run()
@@ -63,8 +62,11 @@ def test_url_state_round_trips_and_survives_bad_values():
 
 
 def test_for_run_reopens_with_the_runs_own_settings():
-    state, warnings = for_run("r", {"preset": "lecture", "victim": str(MNIST_VICTIM),
-                                    "advft": {"margin": 3.0, "epochs": 2, "i_f": 7, "seed": 5}})
+    from core.runs import RunConfig
+
+    saved = RunConfig.from_dict({"preset": "lecture", "victim": str(MNIST_VICTIM),
+                                 "advft": {"margin": 3.0, "epochs": 2, "i_f": 7, "seed": 5}})
+    state, warnings = for_run("r", saved)
     assert warnings == []
     assert (state.run, state.victim, state.margin, state.epochs, state.i_f, state.seed) == \
         ("r", "mnist_lenet2d", 3.0, 2, 7, 5)
@@ -129,7 +131,7 @@ def test_start_records_a_run_and_reset_stops_it(env):
     while not list(env.glob("*/snapshots/epoch_0000.pt")) and time.time() < deadline:
         time.sleep(0.2)
     run = RunDir(next(env.glob("*/snapshots/epoch_0000.pt")).parent.parent)
-    assert run.config()["advft"]["i_f"] == 400 and run.config()["preset"] == "lecture"
+    assert run.config().advft.i_f == 400 and run.config().preset == "lecture"
     assert at.query_params["run"] == run.name  # the URL names the run: a reload reopens it
     at.button(key="t_reset").click().run()
     no_exception(at)
@@ -153,7 +155,7 @@ def test_reopening_a_deleted_or_corrupt_run_is_a_message(env, recorded_run):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, mnist):
-    """A real run folder made the way the app makes one (core.pipeline + RunRecorder). Marked
+    """A real run folder made the way the app makes one (core.training's run protocol). Marked
     'stopped' rather than 'finished': finishing scores M_F on all 60k training images, which the
     page does not need and the suite cannot afford."""
     from core.data import Dataset
@@ -162,11 +164,12 @@ def finished_run(tmp_path_factory, mnist):
     small = Dataset("mnist", data.x_train[:2000], data.y_train[:2000], data.x_test[:1000], data.y_test[:1000],
                     data.source)  # each epoch scores M_F on the test set: 1k images keep the fixture quick
     trainer = new_trainer(model, small, tiny_config(), data_dir=None)
-    run = RunDir(tmp_path_factory.mktemp("made") / "tiny-m10")
-    recorder = RunRecorder(run, trainer, str(MNIST_VICTIM), preset="lecture")
-    trainer.run(on_epoch=lambda record: recorder.epoch_done())
-    recorder.finish("stopped", "stopped after epoch 1")
-    return run
+    recorded = RecordedRun.create(tmp_path_factory.mktemp("made") / "tiny-m10", str(MNIST_VICTIM), trainer.config,
+                                  preset="lecture", trainer=trainer)
+    while not trainer.finished:
+        recorded.step()
+    recorded.close("stopped", "stopped after epoch 1")
+    return recorded.run
 
 
 @pytest.fixture
@@ -186,7 +189,8 @@ def test_runs_page_lists_compares_and_survives_damage(env, recorded_run):
     shutil.copytree(recorded_run.path, broken.path)
     (broken.path / "history.jsonl").write_text("{not json\n")
 
-    at = AppTest.from_file(RUNS, default_timeout=60).run()
+    at = AppTest.from_file(ENTRY, default_timeout=60).run()
+    at.switch_page("app/pages/runs.py").run()
     no_exception(at)
     table = at.dataframe[0].value
     assert set(table["run"]) == {"tiny-m10", "tiny-m20", "broken"}
@@ -266,14 +270,14 @@ def test_wide_model_panels_use_a_fixed_pca(mnist, cifar_probe):
     trainer.step_model()
     after = trainer.snapshot()
 
-    proj = plots.Projection(before["id_ref"], "pca")
+    proj = plots.Projection(before.before.id, "pca")
     assert proj.kind == "pca" and proj.dim == 500
-    ref = plots.panel_points(before, proj, "ref")
+    ref = plots.panel_points(before, proj, "before")
     assert ref.id.shape == (50, 2) and ref.rays.shape == (10, 2)
     # Fitted once: projecting M_R's features again gives the same plane, whatever M_F does.
-    assert (plots.panel_points(after, proj, "ref").id == ref.id).all()
+    assert (plots.panel_points(after, proj, "before").id == ref.id).all()
     ranges = plots.Ranges.around(ref.id, ref.ood, ref.gen)
-    far = plots.panel_points(after, proj, "now").ood * 1e3
+    far = plots.panel_points(after, proj, "after").ood * 1e3
     assert ranges.extend("epoch 1", far) and ranges.extended_at == ["epoch 1"]
     fig = plots.fig5_panels(after, proj, ranges, mnist.classes)
     assert fig.layout.xaxis.range == fig.layout.xaxis2.range  # both panels share the fixed axes
@@ -289,8 +293,8 @@ def test_live_refresh_matches_a_rebuild(mnist, victim, cifar_probe):
     for _ in range(3):
         trainer.step_model()
     later = trainer.snapshot()
-    proj = plots.Projection(first["id_ref"])
-    ref = plots.panel_points(first, proj, "ref")
+    proj = plots.Projection(first.before.id)
+    ref = plots.panel_points(first, proj, "before")
     ranges = plots.Ranges.around(ref.id, ref.ood, ref.gen)
     live = plots.fig5_panels(first, proj, ranges, mnist.classes)
     plots.refresh_fig5(live, later, proj, ranges)
@@ -304,8 +308,8 @@ def test_server_side_export_renders_the_fig5_panels(mnist_small, victim, cifar_p
     from core.advft import AdvFT
 
     snapshot = AdvFT(victim, tiny_config(), mnist_small, cifar_probe).snapshot()
-    proj = plots.Projection(snapshot["id_ref"], "pca")
-    points = plots.panel_points(snapshot, proj, "ref")
+    proj = plots.Projection(snapshot.before.id, "pca")
+    points = plots.panel_points(snapshot, proj, "before")
     fig = plots.fig5_panels(snapshot, proj, plots.Ranges.around(points.id, points.ood, points.gen), mnist_small.classes,
                             style="presentation")
     png = plots.render_static(fig, "png", 800, 400, 3)

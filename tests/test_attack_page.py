@@ -7,14 +7,15 @@ from streamlit.testing.v1 import AppTest
 
 from tests.conftest import ROOT
 
-PAGE = str(ROOT / "app" / "pages" / "3_Attack.py")
+ENTRY = str(ROOT / "streamlit_app.py")
 
 
 @pytest.fixture
 def page(data_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ADVFT_DATA_DIR", str(data_dir))
     monkeypatch.setenv("ADVFT_RUNS_DIR", str(tmp_path / "runs"))
-    at = AppTest.from_file(PAGE, default_timeout=120).run()
+    at = AppTest.from_file(ENTRY, default_timeout=120).run()
+    at.switch_page("app/pages/attack.py").run()
     assert not at.exception
     return at
 
@@ -24,7 +25,7 @@ def test_tiny_attack_lands_in_the_table(page):
     assert "original M_R · mnist_lenet2d" in at.selectbox(key="a_target").options
     at.selectbox(key="a_target").set_value("original M_R · mnist_lenet2d")
     at.number_input(key="a_queries").set_value(1000)
-    at.button[0].click().run()  # Launch attack (the form's submit button)
+    at.button(key="a_launch").click().run()
     deadline = time.time() + 180
     while not at.session_state["attack_results"] and time.time() < deadline:
         time.sleep(2)
@@ -44,7 +45,7 @@ def test_dfme_budget_below_one_iteration_is_a_readable_error(page):
     at = page
     at.radio(key="a_attack").set_value("dfme")
     at.number_input(key="a_queries").set_value(100)
-    at.button[0].click().run()
+    at.button(key="a_launch").click().run()
     assert not at.exception
     assert any("DFME iteration costs" in e.value for e in at.error)
     assert at.session_state["attack_results"] == []

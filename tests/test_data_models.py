@@ -126,10 +126,11 @@ def test_torchvision_folder_is_read_when_there_is_no_npz(tmp_path, mnist):
 
 
 def test_run_folder_survives_damage_and_is_not_recreated(tmp_path):
-    from core.runs import RunDir, list_runs
+    from core.advft import AdvFTConfig
+    from core.runs import RunConfig, RunDir, list_runs
 
     run = RunDir(tmp_path / "r1")
-    run.write_config({"advft": {}})
+    run.write_config(RunConfig(advft=AdvFTConfig(), victim="mnist_lenet2d"))
     run.write_history([{"epoch": 0}, {"epoch": 1}])
     with open(run.path / "history.jsonl", "a") as f:
         f.write('{"epoch": 2, "acc\n')  # damaged by hand

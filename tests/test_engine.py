@@ -14,7 +14,8 @@ def make(victim, data, probe, **kw):
 def test_head_is_frozen_bit_for_bit(victim, mnist_small, cifar_probe):
     t = make(victim, mnist_small, cifar_probe, epochs=2, lr_f=1e-2)
     head_before = t.model.head.weight.detach().clone()
-    t.run()
+    while not t.finished:
+        t.step()
     assert t.finished and t.epoch == 2
     assert torch.equal(t.model.head.weight, head_before)
     assert torch.equal(t.model.head.weight, victim.head.weight)
@@ -36,7 +37,8 @@ def test_training_starts_from_identical_models(victim, mnist_small, cifar_probe,
 def test_same_seed_same_result_different_seed_differs(victim, mnist_small, cifar_probe):
     a, b, c = (make(victim, mnist_small, cifar_probe, seed=s) for s in (3, 3, 4))
     for t in (a, b, c):
-        t.run()
+        while not t.finished:
+            t.step()
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
         assert torch.equal(pa, pb)
     assert a.history[-1] == {**b.history[-1], "seconds": a.history[-1]["seconds"]}
@@ -45,14 +47,16 @@ def test_same_seed_same_result_different_seed_differs(victim, mnist_small, cifar
 
 def test_resume_continues_exactly(victim, mnist_small, cifar_probe):
     straight = make(victim, mnist_small, cifar_probe, epochs=2)
-    straight.run()
+    while not straight.finished:
+        straight.step()
     first = make(victim, mnist_small, cifar_probe, epochs=2)
     first.run_epoch()
     state = first.state_dict()
     resumed = make(victim, mnist_small, cifar_probe, epochs=2)
     resumed.load_state_dict(state)
     assert resumed.epoch == 1
-    resumed.run()
+    while not resumed.finished:
+        resumed.step()
     for p, q in zip(straight.model.parameters(), resumed.model.parameters()):
         assert torch.equal(p, q)
     for p, q in zip(straight.generator.parameters(), resumed.generator.parameters()):
@@ -73,12 +77,14 @@ def test_steps_follow_algorithm_order_and_stop(victim, mnist_small, cifar_probe)
 def test_snapshot_has_what_a_plot_needs(victim, mnist_small, cifar_probe):
     t = make(victim, mnist_small, cifar_probe)
     s = t.snapshot()
-    assert s["id_ref"].shape == (50, 2) and s["ood_ref"].shape == (50, 2)
-    assert s["id_now"].shape == s["id_ref"].shape and s["id_labels"].shape == (50,)
-    assert s["gen_images"].dtype == torch.uint8 and s["gen_images"].shape == (16, 1, 28, 28)
-    assert s["head"].shape == (10, 2)
-    assert s["history"][0]["epoch"] == 0 and s["history"][0]["acc_after"] == s["history"][0]["acc_before"]
-    assert s["history"][0]["kl_test"] == pytest.approx(0, abs=1e-9)
+    assert s.before.id.shape == (50, 2) and s.before.ood.shape == (50, 2)
+    assert s.after.id.shape == s.before.id.shape and s.labels.shape == (50,)
+    assert s.gen_images.dtype == torch.uint8 and s.gen_images.shape == (16, 1, 28, 28)
+    assert s.head.shape == (10, 2)
+    assert s.history[0]["epoch"] == 0 and s.history[0]["acc_after"] == s.history[0]["acc_before"]
+    assert s.history[0]["kl_test"] == pytest.approx(0, abs=1e-9)
+    back = type(s).from_dict(s.to_dict())  # how run folders store it
+    assert torch.equal(back.after.ood, s.after.ood) and back.history == s.history
 
 
 def test_non_finite_loss_stops_with_a_message(victim, mnist_small, cifar_probe):

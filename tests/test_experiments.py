@@ -5,8 +5,8 @@ import json
 import pytest
 
 from core.attacks import AttackConfig, DefenceConfig
-from core.experiments import (TABLE_COLUMNS, attack_table, epoch_sweep, format_table, margin_sweep, sweep_figure,
-                              table_figure, write_experiment)
+from core.experiments import TABLE_COLUMNS, attack_table, epoch_sweep, format_table, margin_sweep, write_experiment
+from core.figures import sweep_figure, table_figure
 from tests.conftest import tiny_config
 
 TINY_ATTACK = AttackConfig(attack="knockoff", queries=400, epochs=2, rounds=1, eval_size=500)
@@ -34,12 +34,13 @@ def test_table_rows_columns_and_files(victim, mnist_small, data_dir, tmp_path):
 
 
 def test_sweeps_attack_each_chosen_model(victim, mnist_small, data_dir, tmp_path):
-    report = epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, [0, 2], data_dir)
+    report = epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, tmp_path / "fig4", [0, 2], data_dir)
     assert [r["epoch"] for r in report["rows"]] == [0, 2]
     assert report["rows"][0]["kl_test"] == 0.0 and report["rows"][1]["kl_test"] > 0
     write_experiment(tmp_path, "sweep_epochs", report, sweep_figure(report, "epoch"))
     assert (tmp_path / "sweep_epochs.csv").read_text().startswith("epoch,")
-    report = margin_sweep(victim, mnist_small, tiny_config(), TINY_ATTACK, [1.0, 20.0], data_dir)
+    report = margin_sweep(victim, mnist_small, tiny_config(), TINY_ATTACK, [1.0, 20.0], tmp_path / "margins", data_dir)
     assert [r["margin"] for r in report["rows"]] == [1.0, 20.0] and all(r["queries"] == 400 for r in report["rows"])
+    assert (tmp_path / "margins" / "m20" / "model.pt").is_file()  # every AdvFT run is a run folder
     with pytest.raises(ValueError, match="0..2"):
-        epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, [3], data_dir)
+        epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, tmp_path / "x", [3], data_dir)

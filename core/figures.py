@@ -1,4 +1,5 @@
-"""Figure builders: snapshots and histories in, Plotly figures out. No Streamlit here.
+"""Every Plotly figure of the project: snapshots, histories and experiment reports in, figures out.
+The app and the experiments (CLI) both draw with these, so a chart looks the same everywhere.
 
 One colour language (assets/style/theme.json) for every figure: ID points by class (circles), OOD
 points in one colour (crosses), generator samples in one colour (stars), M_R and M_F each in their
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .advft import Snapshot
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "style"
 HEADROOM = 0.25  # fixed axes: M_R's extent plus this fraction on every side
@@ -147,11 +150,11 @@ class Points:
     rays: np.ndarray | None
 
 
-def panel_points(snapshot: dict, proj: Projection, which: str) -> Points:
-    """which: 'ref' (M_R, before) or 'now' (M_F at the snapshot's epoch)."""
-    return Points(proj(_np(snapshot[f"id_{which}"])), _np(snapshot["id_labels"]),
-                  proj(_np(snapshot[f"ood_{which}"])), proj(_np(snapshot[f"gen_{which}"])),
-                  proj.directions(_np(snapshot["head"])))
+def panel_points(snapshot: Snapshot, proj: Projection, which: str) -> Points:
+    """which: 'before' (M_R) or 'after' (M_F at the snapshot's epoch)."""
+    f = getattr(snapshot, which)
+    return Points(proj(_np(f.id)), _np(snapshot.labels), proj(_np(f.ood)), proj(_np(f.gen)),
+                  proj.directions(_np(snapshot.head)))
 
 
 def _add_points(fig, p: Points, row: int, col: int, style: str, classes, ranges: Ranges, legend: bool,
@@ -193,25 +196,25 @@ def _square_axes(fig, ranges: Ranges, n: int) -> None:
                                                     scaleratio=1, constrain="domain")})
 
 
-def fig5_panels(snapshot: dict, proj: Projection, ranges: Ranges, classes, style: str = "screen",
+def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, style: str = "screen",
                 now_title: str | None = None, height: int = 480) -> go.Figure:
     """M_R (before) | M_F (now): the paper's Fig. 5, same fixed axes on both sides."""
     t = theme(style)
-    now_title = now_title or f"M_F, epoch {snapshot['epoch']}"
+    now_title = now_title or f"M_F, epoch {snapshot.epoch}"
     fig = make_subplots(1, 2, subplot_titles=("M_R (before AdvFT)", now_title), horizontal_spacing=0.06)
-    _add_points(fig, panel_points(snapshot, proj, "ref"), 1, 1, style, classes, ranges, legend=True)
-    _add_points(fig, panel_points(snapshot, proj, "now"), 1, 2, style, classes, ranges, legend=False, tag="now")
+    _add_points(fig, panel_points(snapshot, proj, "before"), 1, 1, style, classes, ranges, legend=True)
+    _add_points(fig, panel_points(snapshot, proj, "after"), 1, 2, style, classes, ranges, legend=False, tag="now")
     _square_axes(fig, ranges, 2)
     fig.layout.annotations[0].font.color = t["roles"]["m_r"]
     fig.layout.annotations[1].font.color = t["roles"]["m_f"]
     return style_layout(fig, style, height, uirevision="fig5")
 
 
-def refresh_fig5(fig: go.Figure, snapshot: dict, proj: Projection, ranges: Ranges,
+def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: Ranges,
                  now_title: str | None = None) -> None:
     """Put a newer snapshot's M_F points into a figure made by fig5_panels for the same run: ~3 ms
     instead of ~50-150 ms for a rebuild (the live view refreshes twice a second)."""
-    p = panel_points(snapshot, proj, "now")
+    p = panel_points(snapshot, proj, "after")
 
     def role_points(role: str) -> np.ndarray:
         return p.ood if role == "ood" else p.gen if role == "gen" else p.id[p.labels == int(role[len("class"):])]
@@ -222,17 +225,17 @@ def refresh_fig5(fig: go.Figure, snapshot: dict, proj: Projection, ranges: Range
             if tag == "now":
                 xy = role_points(role)
                 trace.x, trace.y = xy[:, 0], xy[:, 1]
-        fig.layout.annotations[1].text = now_title or f"M_F, epoch {snapshot['epoch']}"
+        fig.layout.annotations[1].text = now_title or f"M_F, epoch {snapshot.epoch}"
         _square_axes(fig, ranges, 2)
 
 
-def small_multiples(snapshots: list[tuple[str, dict]], proj: Projection, ranges: Ranges, classes,
+def small_multiples(snapshots: list[tuple[str, Snapshot]], proj: Projection, ranges: Ranges, classes,
                     style: str = "screen", height: int = 330) -> go.Figure:
     """M_F in several (title, snapshot) panels with the same axes: epochs of a run, or runs compared."""
     fig = make_subplots(1, len(snapshots), subplot_titles=[title for title, _ in snapshots],
                         horizontal_spacing=0.03)
     for i, (_, snap) in enumerate(snapshots, start=1):
-        _add_points(fig, panel_points(snap, proj, "now"), 1, i, style, classes, ranges, legend=(i == 1))
+        _add_points(fig, panel_points(snap, proj, "after"), 1, i, style, classes, ranges, legend=(i == 1))
     _square_axes(fig, ranges, len(snapshots))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
@@ -294,6 +297,59 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
                 fig.update_yaxes(type="log", row=row + 1, col=col + 1)
     fig.update_xaxes(title_text="epoch", row=2)
     return style_layout(fig, style, height, uirevision="curves")
+
+
+# ---------------------------------------------------------------- attacks and experiments
+
+
+def attack_curve(curves: dict[str, list[dict]], style: str = "screen", height: int = 380) -> go.Figure:
+    """Surrogate test accuracy vs queries, one line per attack (told apart by dash)."""
+    t = theme(style)
+    fig = go.Figure()
+    for i, (name, curve) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=[p["queries"] for p in curve], y=[p["acc"] for p in curve], name=name,
+                                 mode="lines+markers",
+                                 line=dict(width=t["line_width"], dash=DASHES[i % len(DASHES)]),
+                                 marker=dict(size=t["marker_size"] + 1)))
+    fig.update_xaxes(title_text="queries")
+    fig.update_yaxes(title_text="surrogate test accuracy", range=[0, 1.02])
+    style_layout(fig, style, height, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
+    return fig.update_layout(legend=dict(orientation="h", y=-0.25))
+
+
+def table_figure(report: dict, style: str = "screen", height: int = 420) -> go.Figure:
+    """Tables 2-3 as bars: fidelity (Acc_MF) beside the thief's accuracy (Acc_MS after) per defence."""
+    t = theme(style)
+    rows = report["rows"]
+    names = [r["method"] for r in rows]
+    fig = go.Figure([go.Bar(name="Acc_MF (honest users)", x=names, y=[r["acc_mf"] for r in rows],
+                            marker_color=t["roles"]["m_f"]),
+                     go.Bar(name="Acc_MS after (surrogate)", x=names, y=[r["acc_ms_after"] for r in rows],
+                            marker_color=t["roles"]["ood"])])
+    a = report["attack"]
+    fig.update_yaxes(title_text="test accuracy", range=[0, 1])
+    return style_layout(fig, style, height, barmode="group", margin=dict(l=60, r=20, t=60, b=40),
+                        title=f"{a['attack']} ({a['labels']} labels, Q = {a['queries']:,}) on {report['dataset']}")
+
+
+def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420) -> go.Figure:
+    """Fig. 4 (x = 'epoch') or a margin sweep (x = 'margin'): the thief's and the honest users'
+    accuracy on the left axis, KL_test (log) on the right."""
+    t = theme(style)
+    rows = report["rows"]
+    xs = [r[x] for r in rows]
+    fig = go.Figure([
+        go.Scatter(name="surrogate Acc_MS", x=xs, y=[r["surrogate_acc"] for r in rows], mode="lines+markers",
+                   line=dict(color=t["roles"]["ood"], width=t["line_width"])),
+        go.Scatter(name="protected Acc_MF", x=xs, y=[r["acc_mf"] for r in rows], mode="lines+markers",
+                   line=dict(color=t["roles"]["m_f"], width=t["line_width"])),
+        go.Scatter(name="KL_test", x=xs, y=[max(r["kl_test"], 1e-12) for r in rows], mode="lines+markers",
+                   yaxis="y2", line=dict(color=t["roles"]["m_r"], width=t["line_width"], dash="dot"))])
+    fig.update_layout(xaxis_title={"epoch": "AdvFT epochs N", "margin": "margin m"}[x], yaxis_title="test accuracy",
+                      yaxis_range=[0, 1], yaxis2={"title": "KL_test", "overlaying": "y", "side": "right",
+                                                  "type": "log", "dtick": 1, "exponentformat": "power"})
+    return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=50),
+                        title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}")
 
 
 # ---------------------------------------------------------------- export

@@ -6,45 +6,29 @@ plot); the other runs are listed and usable as usual.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: `core` and `app` import from here
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from app import plots, views  # noqa: E402
-from app.state import for_run  # noqa: E402
-from core.data import DATASETS  # noqa: E402
-from core.runs import RunDir, list_runs  # noqa: E402
-
-LIVE_STATES = ("running", "paused")
+from app import views
+from app.state import for_run
+from core import figures
+from core.data import DATASETS
+from core.runs import RunBusy, RunDir, RunError, list_runs
 
 
 def runs_table(runs: list[RunDir]) -> tuple[list[dict], dict[str, str]]:
-    """One row per run, and the problems of runs whose files do not read."""
-    live = views.job_slots().running_dirs()
+    """One row per run (RunDir.summary), and the problems of runs whose files do not read."""
     rows, problems = [], {}
     for run in runs:
-        cfg, status = run.config(), run.status()
-        try:
-            history = views.read_history(run)
-        except views.RunProblem as e:
-            problems[run.name] = str(e)
-            history = []
-        last = history[-1] if history else {}
-        state = status.get("status", "unknown")
-        if state in LIVE_STATES and run.path.resolve() not in live:
-            state = "interrupted"  # the process that wrote it is gone; resume it from the Defend page
+        s = run.summary()
+        if s.problem:
+            problems[run.name] = s.problem
         rows.append({
-            "run": run.name, "status": state, "victim": f"{cfg.get('dataset', '?')} · {cfg.get('arch', '?')}",
-            "m": (cfg.get("advft") or {}).get("margin"),
-            "epochs": f"{last.get('epoch', 0)} / {(cfg.get('advft') or {}).get('epochs', '?')}",
-            "Acc_MR": last.get("acc_before"), "Acc_MF": last.get("acc_after"), "KL_test": last.get("kl_test"),
-            "OOD agreement": last.get("ood_agreement"), "created": cfg.get("created", ""),
-            "note": problems.get(run.name, status.get("message", "")),
+            "run": s.name, "status": s.status, "victim": f"{s.dataset} · {s.arch}", "m": s.margin,
+            "epochs": f"{s.epoch} / {'-' if s.epochs is None else s.epochs}",
+            "Acc_MR": s.acc_before, "Acc_MF": s.acc_after, "KL_test": s.kl_test,
+            "OOD agreement": s.ood_agreement, "created": s.created, "note": s.problem or s.message,
         })
     return rows, problems
 
@@ -61,32 +45,40 @@ def safe_list(root: Path) -> list[RunDir]:
 
 
 def open_button(run: RunDir) -> None:
-    state, warnings = for_run(run.name, run.config())
+    try:
+        state, warnings = for_run(run.name, run.config())
+    except RunError as e:
+        st.error(views.plain(e))
+        return
     for w in warnings:
-        st.warning(f"Reopening '{run.name}': {w}")
+        st.warning(views.plain(f"Reopening '{run.name}': {w}"))
     if st.button("Open in Defend (timeline view)", key="open", icon=":material/open_in_new:"):
         views.set_ui_state(state)
         st.session_state.pop("axes", None)
-        st.switch_page("Defend.py", query_params=state.to_query())
-    st.caption("Bookmarkable link: `?" + "&".join(f"{k}={v}" for k, v in state.to_query().items()) + "`")
+        st.switch_page("app/pages/defend.py", query_params=state.to_query())
+    st.caption("Bookmarkable link:")
+    st.code("?" + "&".join(f"{k}={v}" for k, v in state.to_query().items()), language=None)
 
 
 def delete_controls(run: RunDir) -> None:
-    own = views.session_job().job
-    if own is not None and own.view().active and own.spec.run_dir.resolve() == run.path.resolve():
-        st.info("This run is training in this tab; stop it (Reset on the Defend page) before deleting it.")
+    if run.is_locked():
+        st.info("This run is training right now (in this tab or another); stop it before deleting it.")
         return
     if st.session_state.get("pending_delete") != run.name:
         if st.button("Delete…", key="delete", icon=":material/delete:"):
             st.session_state.pending_delete = run.name
             st.rerun()
         return
-    st.warning(f"Delete run **{run.name}** and all its files? This cannot be undone.")
+    st.warning(f"Delete run **{views.plain(run.name)}** and all its files? This cannot be undone.")
     c1, c2 = st.columns(2)
     if c1.button("Yes, delete it", type="primary", key="confirm_delete"):
-        run.delete()
         st.session_state.pop("pending_delete", None)
-        st.toast(f"Deleted {run.name}")
+        try:
+            run.delete()
+        except RunBusy as e:  # it started training in another tab since this page was drawn
+            st.error(views.plain(e))
+            return
+        st.toast(views.plain(f"Deleted {run.name}"))
         st.rerun()
     if c2.button("Cancel", key="cancel_delete"):
         st.session_state.pop("pending_delete", None)
@@ -98,45 +90,43 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
     histories, finals = {}, []
     for run in runs:
         try:
-            histories[run.name] = views.read_history(run)
-            epochs = views.snapshot_epochs(run)
+            config, history = run.config(), run.history()
+            epochs = run.snapshot_epochs()
             if epochs:
-                finals.append((run, views.read_snapshot(run, epochs[-1]), epochs[-1]))
-        except views.RunProblem as e:
-            st.error(f"{e}; left out of the comparison.")
+                finals.append((run, config, views.read_snapshot(run, epochs[-1]), epochs[-1]))
+            histories[run.name] = history
+        except RunError as e:
+            st.error(f"{views.plain(e)}; left out of the comparison.")
     if histories:
-        fig = plots.curves(histories, style)
+        fig = figures.curves(histories, style)
         st.plotly_chart(fig, key="compare_curves", config=export.config("compare-curves"))
         views.explain("Line dash tells the runs apart; colours keep their roles (L_G in the generator's colour, "
                       "M_F's metrics in M_F's). A larger margin usually lowers OOD agreement faster at a small "
                       "cost in KL_test.")
     if len(finals) < 1:
         return
-    victims = {str(r.config().get("victim")) for r, _, _ in finals}
-    if len(victims) > 1:
+    if len({Path(c.victim).stem for _, c, _, _ in finals}) > 1:
         st.info("These runs start from different victims, so their feature spaces differ: the panels below "
                 "share one projection and axes only for runs of the same victim.")
-        finals = [f for f in finals if str(f[0].config().get("victim")) == str(finals[0][0].config().get("victim"))]
-    first = finals[0][1]
-    proj = plots.Projection(first["id_ref"], "pca")
-    ref = plots.panel_points(first, proj, "ref")
-    ranges = plots.Ranges.around(ref.id, ref.ood, ref.gen)
-    for _, snap, e in finals:
-        now = plots.panel_points(snap, proj, "now")
+        finals = [f for f in finals if Path(f[1].victim).stem == Path(finals[0][1].victim).stem]
+    first = finals[0][2]
+    proj = figures.Projection(first.before.id, "pca")
+    ref = figures.panel_points(first, proj, "before")
+    ranges = figures.Ranges.around(ref.id, ref.ood, ref.gen)
+    for _, _, snap, e in finals:
+        now = figures.panel_points(snap, proj, "after")
         ranges.extend(f"epoch {e}", now.id, now.ood, now.gen)
-    classes = DATASETS.get(finals[0][0].config().get("dataset"), DATASETS["mnist"]).classes
-    panels = [(f"{r.name} (m={(r.config().get('advft') or {}).get('margin')}, epoch {e})", s) for r, s, e in finals]
-    st.plotly_chart(plots.small_multiples(panels, proj, ranges, classes, style, height=380), key="compare_fig5",
+    classes = DATASETS.get(finals[0][1].dataset, DATASETS["mnist"]).classes
+    panels = [(f"{r.name} (m={c.advft.margin:g}, epoch {e})", s) for r, c, s, e in finals]
+    st.plotly_chart(figures.small_multiples(panels, proj, ranges, classes, style, height=380), key="compare_fig5",
                     config=export.config("compare-fig5"))
     views.explain("The last saved M_F of each run on the same axes: compare how far the OOD crosses and the "
                   "generator's stars were pushed while the ID digits stayed on their rays.")
 
 
 def main() -> None:
-    views.page_setup("Runs")
     ui = views.ui_state()
-    ui, export = views.style_and_export_sidebar(ui)
-    st.session_state.ui = ui
+    export = views.export_settings()
     st.title("Runs")
     root = views.runs_dir()
     runs = safe_list(root)
@@ -151,14 +141,14 @@ def main() -> None:
                                 "KL_test": st.column_config.NumberColumn(format="%.2e"),
                                 "OOD agreement": st.column_config.NumberColumn(format="%.2f")})
     for name, problem in problems.items():
-        st.warning(f"{problem}. The other runs are not affected.")
+        st.warning(f"{views.plain(problem)}. The other runs are not affected.")
 
     by_name = {r.name: r for r in runs}
     st.subheader("One run")
     name = st.selectbox("Run", list(by_name), key="run_pick")
     run = by_name[name]
     if not run.path.is_dir():
-        st.error(f"Run '{name}' was deleted meanwhile. The other runs are not affected.")
+        st.error(f"Run '{views.plain(name)}' was deleted meanwhile. The other runs are not affected.")
     else:
         c1, c2 = st.columns([2, 1])
         with c1:

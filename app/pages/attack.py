@@ -9,24 +9,17 @@ The controller of the Attack page. It wires
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parents[2]  # the repository: `core` and `app` import from here
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import plotly.graph_objects as go  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import plots, views  # noqa: E402
-from app.jobs import SessionJob  # noqa: E402
-from app.state import committed_victims  # noqa: E402
-from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,  # noqa: E402
+from app import views
+from app.jobs import SessionJob
+from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,
                        protect_then_attack_task, sweep_task)
-from core.advft import PRESETS, ConfigError  # noqa: E402
-from core.attacks import AttackConfig, DefenceConfig  # noqa: E402
-from core.device import pick_device  # noqa: E402
+from core import figures
+from core.advft import PRESETS, ConfigError
+from core.attacks import AttackConfig, DefenceConfig
+from core.device import pick_device
+from core.training import committed_victims
 
 LIVE_REFRESH_S = 0.5
 DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)", "am": "AM (adaptive misinformation)",
@@ -54,26 +47,11 @@ def last_score(curve: list[dict]) -> str:
     return f"surrogate acc {curve[-1]['acc']:.3f} (scored at {curve[-1]['queries']:,} queries)"
 
 
-def curve_figure(curves: dict[str, list[dict]], style: str) -> go.Figure:
-    """Surrogate test accuracy vs queries, one line per attack (the live one and the finished ones)."""
-    t = plots.theme(style)
-    fig = go.Figure()
-    for i, (name, curve) in enumerate(curves.items()):
-        fig.add_trace(go.Scatter(x=[p["queries"] for p in curve], y=[p["acc"] for p in curve], name=name,
-                                 mode="lines+markers", line=dict(width=t["line_width"], dash=plots.DASHES[i % len(plots.DASHES)]),
-                                 marker=dict(size=t["marker_size"] + 1)))
-    fig.update_xaxes(title_text="queries")
-    fig.update_yaxes(title_text="surrogate test accuracy", range=[0, 1.02])
-    fig = plots.style_layout(fig, style, 380, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
-    return fig.update_layout(legend=dict(orientation="h", y=-0.25))
-
-
 # ---------------------------------------------------------------- the page
 
 
-views.page_setup("Attack")
 ui = views.ui_state()
-ui, export = views.style_and_export_sidebar(ui)
+export = views.export_settings()
 st.title("Attack: steal the model through its API")
 views.explain("A thief sends out-of-distribution images (KnockoffNets: natural photos; DFME: generator samples) "
               "to the model's API and trains a surrogate on the answers. Against the original M_R the surrogate "
@@ -85,7 +63,8 @@ holder = session_task()
 results: list[dict] = st.session_state.setdefault("attack_results", [])
 
 all_targets = attack_targets(views.runs_dir())
-with st.form("attack_form", border=True):
+# Plain widgets, not a form: "Protect & attack" below must use the settings on screen, not the last submitted.
+with st.container(border=True):
     c1, c2, c3 = st.columns(3)
     names = list(all_targets)
     default = next((i for i, n in enumerate(names) if n.endswith("mnist_lenet2d")), 0)
@@ -108,7 +87,7 @@ with st.form("attack_form", border=True):
         beta = d3.number_input("DP beta", 0.05, 1.0, 0.7, 0.05, key="a_beta")
         gamma = d3.number_input("DP gamma", 0.05, 5.0, 0.5, 0.05, key="a_gamma")
         threshold = d1.slider("AM threshold (max softmax)", 0.05, 0.95, 0.5, 0.05, key="a_threshold")
-    launch = st.form_submit_button("Launch attack", type="primary", icon=":material/play_arrow:")
+    launch = st.button("Launch attack", type="primary", icon=":material/play_arrow:", key="a_launch")
 
 task = holder.job
 view = task.view() if task else None
@@ -158,9 +137,9 @@ if protect and attack_cfg:
     start(f"AdvFT m={p_margin:g} then {attack_name}",
           protect_then_attack_task(p_victim, float(p_margin), int(p_epochs), attack_cfg, views.runs_dir(), data_dir, dev))
 if fig4:
-    start("Fig. 4 sweep", sweep_task("epochs", p_victim, data_dir, dev))
+    start("Fig. 4 sweep", sweep_task("epochs", p_victim, views.runs_dir(), data_dir, dev))
 if msweep:
-    start("margin sweep", sweep_task("margins", p_victim, data_dir, dev))
+    start("margin sweep", sweep_task("margins", p_victim, views.runs_dir(), data_dir, dev))
 
 
 @st.fragment(run_every=LIVE_REFRESH_S if busy else None)
@@ -183,7 +162,7 @@ def live() -> None:
                              text=f"**{v.title}**: {p['phase']} · {p['queries']:,} / {p['budget']:,} queries · "
                                   + last_score(p["curve"]))
     elif v.state == "failed":
-        head[0].error(f"**{v.title}** failed: {v.error}")
+        head[0].error(f"**{views.plain(v.title)}** failed: {views.plain(v.message)}")
     else:
         head[0].success(f"**{v.title}**: {v.state}")
     if v.active and head[1].button("Stop", key="a_stop", icon=":material/stop:"):
@@ -194,7 +173,7 @@ def live() -> None:
     if v.active and v.progress and v.progress.get("curve"):
         finished_curves = {**finished_curves, "running": v.progress["curve"]}
     if finished_curves:
-        st.plotly_chart(curve_figure(finished_curves, ui.style), key="attack_curve",
+        st.plotly_chart(figures.attack_curve(finished_curves, ui.style), key="attack_curve",
                         config=export.config("attack-curve"))
         views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
                       "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
@@ -240,11 +219,8 @@ else:
 for i, report in enumerate(st.session_state.get("attack_sweeps", [])):
     if not report["rows"]:
         continue
-    from core.experiments import sweep_figure
-
     x = "epoch" if "epoch" in report["rows"][0] else "margin"
     st.subheader("Fig. 4 (toy): surrogate accuracy vs AdvFT epochs N" if x == "epoch" else
                  "Margin sweep (toy): protection vs fidelity")
-    st.plotly_chart(sweep_figure(report, x), key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
+    st.plotly_chart(figures.sweep_figure(report, x, ui.style), key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
     st.dataframe(report["rows"], hide_index=True)
-views.set_ui_state(ui)

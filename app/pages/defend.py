@@ -3,35 +3,29 @@
 The controller of the main page. It wires
     the session's UIState (app/state.py, mirrored in the URL)   -> the sidebar controls,
     the session's Job (app/jobs.py, a background thread)        <- the transport buttons,
-    the job's published snapshots or a run folder's saved ones  -> the figures (app/plots.py, app/views.py).
+    the job's published snapshots or a run folder's saved ones  -> the figures (app/figures.py, app/views.py).
 The live part is one fragment that reruns every 0.5 s only while a job is active.
 Other pages live in app/pages/ and appear in the navigation by being there.
 """
 
 from __future__ import annotations
 
-import sys
+import html
 from dataclasses import replace
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the repository: `core` and `app` import from here
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
-
-from app import plots, views  # noqa: E402
-from app.jobs import Job, JobSpec, new_run_dir  # noqa: E402
-from app.views import job_slots, session_job  # noqa: E402
-from app.state import (FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, committed_victims,  # noqa: E402
-                       preset_available)
-from core.advft import AdvFTConfig, ConfigError  # noqa: E402
-from core.data import DATASETS  # noqa: E402
-from core.device import describe, pick_device  # noqa: E402
-from core.models import CheckpointError  # noqa: E402
-from core.pipeline import victim_path  # noqa: E402
-from core.runs import RunDir  # noqa: E402
+from app import views
+from app.jobs import Job, JobSpec, new_run_dir
+from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, preset_available
+from app.views import job_slots, session_job
+from core import figures
+from core.advft import AdvFTConfig, ConfigError, Snapshot
+from core.data import DATASETS
+from core.device import describe, pick_device
+from core.models import CheckpointError
+from core.runs import RunDir, RunError
+from core.training import PREVIEW_FIELDS, committed_victims, preview_snapshot, victim_path
 
 LIVE_REFRESH_S = 0.5
 
@@ -44,63 +38,35 @@ def device():
     return pick_device("auto")
 
 
-# What M_R's snapshot before training depends on (the probe sets and the generator's first samples);
-# the training knobs (margin, steps, learning rates...) do not change it, so they do not rebuild it.
-PREVIEW_FIELDS = ("seed", "probe_size", "ood", "latent_dim", "gen_width")
-
-
 @st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
-def preview_snapshot(victim: str, data_dir: str, preview_fields: tuple) -> dict:
-    """M_R's snapshot before any training (what the panels show before Start).
-
-    Building it means building a trainer, which scores M_R on the whole test set (seconds on a
-    CPU), so it is also kept on disk under <runs dir>/.cache (a folder list_runs ignores), keyed by
-    everything it depends on: a restarted server draws the panels without recomputing them."""
-    import hashlib
-    import json
-
-    from core import advft, data
-    from core.pipeline import load_victim, new_trainer
-    from core.runs import atomic_torch_save
-
-    key = json.dumps([_file_stamp(victim), str(Path(data_dir).resolve()), preview_fields,
-                      _file_stamp(advft.__file__), _file_stamp(data.__file__)])
-    cache = views.runs_dir() / ".cache" / f"preview-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
-    try:
-        return torch.load(cache, map_location="cpu", weights_only=True)
-    except Exception:  # absent or unreadable: compute it again
-        pass
-    fields = dict(preview_fields)
-    config = AdvFTConfig(**fields, eval_train_size=10, eval_ood_size=fields["probe_size"])
-    model, dataset = load_victim(victim, data_dir, device())
-    snapshot = new_trainer(model, dataset, config, data_dir, device()).snapshot()
-    try:
-        atomic_torch_save(snapshot, cache)
-    except OSError:
-        pass  # a read-only runs dir only costs the next start its seconds
-    return snapshot
-
-
-def _file_stamp(path) -> list:
-    st_ = Path(path).stat()
-    return [str(Path(path).resolve()), st_.st_mtime_ns, st_.st_size]
+def preview(victim: str, data_dir: str, preview_values: tuple) -> Snapshot:
+    """M_R before any training, kept in memory here and on disk under <runs dir>/.cache (a folder
+    list_runs ignores) by core.training.preview_snapshot, so a restarted server draws it at once.
+    Keyed by the settings it depends on (PREVIEW_FIELDS), not by the training knobs."""
+    config = AdvFTConfig(**dict(zip(PREVIEW_FIELDS, preview_values)))
+    return preview_snapshot(victim, config, data_dir, device(), cache_dir=views.runs_dir() / ".cache")
 
 
 # ---------------------------------------------------------------- sidebar: the configuration
 
 
 def _sync(field: str) -> None:
-    st.session_state.ui = replace(st.session_state.ui, **{field: st.session_state[f"w_{field}"]})
+    """A widget's callback: its new value into the UIState (and so the URL) before the page reruns."""
+    views.set_ui_state(replace(views.ui_state(), **{field: st.session_state[f"w_{field}"]}))
+
+
+def _set_view() -> None:
+    views.set_ui_state(replace(views.ui_state(), view="simple" if st.session_state.w_view else "full"))
 
 
 def _apply_preset() -> None:
-    ui = st.session_state.ui
+    ui = views.ui_state()
     _set_widgets(UIState.from_preset(st.session_state.w_preset, view=ui.view, style=ui.style, proj=ui.proj))
 
 
 def _set_widgets(ui: UIState) -> None:
     """Make `ui` the state and put its values into the widgets (allowed before they are drawn)."""
-    st.session_state.ui = ui
+    views.set_ui_state(ui)
     for f in ("preset", "victim", *KNOBS):
         st.session_state[f"w_{f}"] = getattr(ui, f)
 
@@ -125,7 +91,10 @@ def data_fallback(ui: UIState) -> UIState:
     what = DATASETS[dataset].title if dataset else "The victim"
     st.session_state.data_notice = (f"**{what} is not available here**, so the page switched "
                                     f"to the *offline demo* preset (real handwritten digits that ship with "
-                                    f"scikit-learn; nothing to download). Details: {problem}")
+                                    f"scikit-learn; nothing to download). To use {what}, put its `.npz` in a "
+                                    f"folder and start the app with `ADVFT_DATA_DIR=that/folder streamlit run "
+                                    f"streamlit_app.py` (or let it download once online). "
+                                    f"Details: {views.plain(problem)}")
     fallback = UIState.from_preset("offline", view=ui.view, style=ui.style, proj=ui.proj)
     _set_widgets(fallback)
     return fallback
@@ -141,10 +110,10 @@ def config_sidebar(ui: UIState, locked: bool) -> None:
     sb.selectbox("Preset", offered, key=_init("preset", ui), format_func=lambda p: UI_PRESETS[p].label,
                  on_change=_apply_preset, disabled=locked)
     if "fig5" not in offered:
-        sb.button("Fig. 5 of the paper (victim not trained yet)", disabled=True, width="stretch",
-                  help="The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer on MNIST) is not "
-                       "committed. Train it once with the command below, then reload.")
-        sb.code(FIG5_COMMAND, language="bash", wrap_lines=True)
+        with sb.expander("Fig. 5 preset: its victim is not trained yet"):  # one line until opened
+            st.caption("The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer). Train it once, "
+                       "then reload:")
+            st.code(FIG5_COMMAND, language="bash", wrap_lines=True)
     victims = committed_victims()
     sb.selectbox("Dataset · architecture (victim M_R)", victims, key=_init("victim", ui),
                  format_func=lambda v: v.replace("_", " · ", 1), on_change=_sync, args=("victim",), disabled=locked)
@@ -168,9 +137,8 @@ def config_sidebar(ui: UIState, locked: bool) -> None:
                         args=("distance",), disabled=locked, help="l2: the authors' code; l2sq: the paper's equations")
             b.selectbox("Fake reduction", ("mean", "median"), key=_init("fake_reduce", ui), on_change=_sync,
                         args=("fake_reduce",), disabled=locked, help="over the generated batch in L_F1")
-    simple = sb.toggle("Simple view (for teaching)", value=ui.view == "simple", key="w_view",
-                       help="Hides I_G, I_F, learning rates, distance and reduction")
-    st.session_state.ui = replace(st.session_state.ui, view="simple" if simple else "full")
+    sb.toggle("Simple view (for teaching)", value=ui.view == "simple", key="w_view", on_change=_set_view,
+              help="Hides I_G, I_F, learning rates, distance and reduction")
 
 
 # ---------------------------------------------------------------- actions (button callbacks)
@@ -181,20 +149,38 @@ def start(ui: UIState) -> None:
     spec = JobSpec(str(victim_path(ui.victim)), cfg, new_run_dir(views.runs_dir(), ui.preset, cfg), ui.preset,
                    str(views.data_dir()), str(device()))
     session_job().replace(Job(spec, job_slots()).start())
-    st.session_state.ui = replace(ui, run=spec.run_dir.name, epoch=None)
+    views.set_ui_state(replace(ui, run=spec.run_dir.name, epoch=None))
 
 
 def resume(run: RunDir) -> None:
-    saved = run.config()
-    spec = JobSpec(saved.get("victim", ""), AdvFTConfig.from_dict(saved.get("advft", {})), run.path,
-                   saved.get("preset"), str(views.data_dir()), str(device()), resume=True)
+    try:
+        saved = run.config()
+        if not served_victim(saved.victim):
+            raise RunError(f"run '{run.name}' starts from a victim outside the committed victims and the runs "
+                           "folder; it can only be resumed from the command line")
+    except RunError as e:
+        st.session_state.resume_error = str(e)
+        return
+    spec = JobSpec(saved.victim, saved.advft, run.path, saved.preset, str(views.data_dir()), str(device()),
+                   resume=True)
     session_job().replace(Job(spec, job_slots()).start())
-    st.session_state.ui = replace(st.session_state.ui, run=run.name, epoch=None)
+    views.set_ui_state(replace(views.ui_state(), run=run.name, epoch=None))
+
+
+def served_victim(victim: str) -> bool:
+    """The app opens only committed victims and checkpoints inside its runs folder: a run's config.json
+    (written by anyone with access to the runs folder) must not make the server read other files."""
+    if victim in committed_victims():
+        return True
+    path = victim_path(victim).resolve()
+    roots = (victim_path(committed_victims()[0]).resolve().parent if committed_victims() else None,
+             views.runs_dir().resolve())
+    return any(root is not None and path.is_relative_to(root) for root in roots) and path.suffix == ".pt"
 
 
 def reset() -> None:
     session_job().replace(None)
-    st.session_state.ui = replace(st.session_state.ui, run=None, epoch=None)
+    views.set_ui_state(replace(views.ui_state(), run=None, epoch=None))
     st.session_state.pop("axes", None)
 
 
@@ -206,18 +192,18 @@ def _job_for(ui: UIState) -> Job | None:
 # ---------------------------------------------------------------- the live area
 
 
-def axes_for(key: str, snapshot: dict, kind: str, seed: int) -> tuple[plots.Projection, plots.Ranges]:
+def axes_for(key: str, snapshot: Snapshot, kind: str, seed: int) -> tuple[figures.Projection, figures.Ranges]:
     """Projection and fixed ranges, made once per run (or preview) from M_R's features, then kept."""
     cached = st.session_state.get("axes")
     if cached is None or cached[0] != (key, kind):
-        wide = snapshot["id_ref"].shape[1] > 2
-        if wide and kind == "umap":
+        ref = snapshot.before.id
+        if ref.shape[1] > 2 and kind == "umap":
             with st.spinner("Fitting UMAP on M_R's features (the first time compiles numba code: ~30 s)…"):
-                proj = plots.Projection(snapshot["id_ref"], "umap", seed)
+                proj = figures.Projection(ref, "umap", seed)
         else:
-            proj = plots.Projection(snapshot["id_ref"], "pca", seed)
-        pts = plots.panel_points(snapshot, proj, "ref")
-        cached = ((key, kind), proj, plots.Ranges.around(pts.id, pts.ood, pts.gen))
+            proj = figures.Projection(ref, "pca", seed)
+        pts = figures.panel_points(snapshot, proj, "before")
+        cached = ((key, kind), proj, figures.Ranges.around(pts.id, pts.ood, pts.gen))
         st.session_state.axes = cached
     return cached[1], cached[2]
 
@@ -231,15 +217,18 @@ def status_line(view) -> None:
         text += f"waiting for a free training slot: <b>place {view.place or '?'} in line</b> " \
                 f"(at most {job_slots().capacity} run at once on this machine)"
     else:
-        text += (f"epoch <b>{view.epoch}</b> of {view.epochs} · phase {view.phase} "
-                 f"(G {view.g_done}, F {view.f_done}) · {view.device or describe(device())} · run {view.run_name}")
+        # The epoch in progress is epoch+1 until the last one is done ("epoch 1 of 6" from the first step).
+        shown = min(view.epoch + (state not in ("finished", "preparing")), view.epochs)
+        text += (f"epoch <b>{shown}</b> of {view.epochs} · phase {view.phase} "
+                 f"(G {view.g_done}, F {view.f_done}) · {html.escape(view.device or describe(device()))} · "
+                 f"run {html.escape(view.run_name)}")
         if view.manual_steps:
             text += f" · {view.manual_steps} manual G/F steps"
     st.html(f"<div class='advft-status' data-testid='advft-status' data-state='{state}'>{text}</div>")
     if view.message and state in ("failed", "stopped"):
-        (st.error if state == "failed" else st.info)(view.message)
+        (st.error if state == "failed" else st.info)(views.plain(view.message))
     elif view.message:
-        st.caption(view.message)
+        st.caption(views.plain(view.message))
 
 
 def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
@@ -272,14 +261,14 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
     if job and active and slow != v.slow:
         job.set_slow_motion(slow)
     run = RunDir(views.runs_dir() / ui.run) if ui.run else None
-    # Stopped, failed, or interrupted (says running/paused, but no job of this server writes it).
-    resumable = run is not None and run.status().get("status") in ("stopped", "failed", "running", "paused") \
-        and run.path.resolve() not in job_slots().running_dirs()
-    if not active and resumable and (run.path / "state.pt").is_file():
+    # Stopped, failed, or interrupted (its process ended, or this tab was reloaded while it trained).
+    if not active and run is not None and run.summary().resumable:
         cols[6].button("Resume run", on_click=resume, args=(run,), key="t_resume", width="stretch",
-                       help="Continue this run from its last finished epoch")
+                       help="Continue this run from its last finished epoch (from epoch 0 if none finished)")
     cols[7].button("Reset", on_click=reset, key="t_reset", width="stretch",
                    help="Stop (the run folder keeps every finished epoch) and go back to M_R")
+    if "resume_error" in st.session_state:
+        st.error(views.plain(st.session_state.pop("resume_error")))
 
 
 def pick_epoch(ui: UIState, epochs: list[int], live: bool):
@@ -292,6 +281,7 @@ def pick_epoch(ui: UIState, epochs: list[int], live: bool):
         return options[0]
     choice = st.select_slider("Timeline (saved epochs)", options, value=current, key=f"timeline_{ui.run}",
                               format_func=lambda o: "live" if o == "live" else f"epoch {o}")
+    # The URL names an epoch only when it is not the latest (a link to a finished run shows its end).
     new_epoch = None if choice == "live" or (not live and choice == epochs[-1]) else choice
     if new_epoch != ui.epoch:
         views.set_ui_state(replace(ui, epoch=new_epoch))
@@ -299,7 +289,7 @@ def pick_epoch(ui: UIState, epochs: list[int], live: bool):
 
 
 def live_area(export: views.Export, config_error: str | None, was_active: bool) -> None:
-    ui = st.session_state.ui  # fresh: buttons in here change it between fragment reruns
+    ui = views.ui_state()  # fresh: buttons in here change it between fragment reruns
     job = _job_for(ui)
     v = job.view() if job else None
     if bool(v and v.active) != was_active:
@@ -309,25 +299,26 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     if v is not None:
         status_line(v)
     elif run is not None:
-        st.caption(f"Reopened run **{run.name}** · status: {run.status().get('status', 'unknown')} · "
-                   f"{run.status().get('message', '')}")
+        summary = run.summary()
+        st.caption(f"Reopened run **{views.plain(run.name)}** · status: {summary.status} · "
+                   f"{views.plain(summary.message)}")
 
     # Which snapshot to draw: live, a saved epoch, or M_R before any training (preview).
     try:
-        epochs = views.snapshot_epochs(run) if run else []
         if run is not None and v is None and not run.path.is_dir():
-            raise views.RunProblem(f"run '{run.name}' no longer exists under {run.path.parent}")
+            raise RunError(f"run '{run.name}' no longer exists under {run.path.parent}")
+        epochs = run.snapshot_epochs() if run else []
         choice = pick_epoch(ui, epochs, live=bool(v and v.snapshot is not None and v.active))
         if choice == "live" or (v is not None and choice is None):
             snapshot = v.snapshot if v else None
-            history = snapshot["history"] if snapshot else []
+            history = list(snapshot.history) if snapshot else []
         elif choice is not None:
             snapshot = views.read_snapshot(run, choice)
-            history = views.read_history(run)
+            history = run.history()
         else:
             snapshot, history = None, []
-    except views.RunProblem as e:
-        st.error(f"{e}. Other runs are not affected; press Reset to start afresh.")
+    except RunError as e:
+        st.error(f"{views.plain(e)}. Other runs are not affected; press Reset to start afresh.")
         return
     if snapshot is None:
         if v is not None and v.state in ("queued", "preparing"):
@@ -335,12 +326,12 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
                     if v.state == "preparing" else "Waiting in the queue; meanwhile, M_R as it is:")
         try:
             cfg = ui.config()
-            snapshot = preview_snapshot(str(victim_path(ui.victim)), str(views.data_dir()),
-                                        tuple((f, getattr(cfg, f)) for f in PREVIEW_FIELDS))
+            snapshot = preview(str(victim_path(ui.victim)), str(views.data_dir()),
+                               tuple(getattr(cfg, f) for f in PREVIEW_FIELDS))
         except Exception as e:  # a checkpoint or dataset that does not load: say so, keep the page
-            st.error(f"Could not score the victim M_R: {e}")
+            st.error(f"Could not score the victim M_R: {views.plain(e)}")
             return
-        history = snapshot["history"]
+        history = list(snapshot.history)
     draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
 
 
@@ -354,20 +345,20 @@ def _memo(name: str, source, key: tuple, build):
     return memo[name][2]
 
 
-def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
+def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
          name: str, live: bool) -> None:
     classes = DATASETS[views.victim_dataset(str(victim_path(ui.victim)))].classes
     proj, ranges = axes_for(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
-    now = plots.panel_points(snapshot, proj, "now")
-    ranges.extend(f"epoch {snapshot['epoch']}", now.id, now.ood, now.gen)
+    now = figures.panel_points(snapshot, proj, "after")
+    ranges.extend(f"epoch {snapshot.epoch}", now.id, now.ood, now.gen)
     # Built once per run and look; each newer snapshot only swaps M_F's points in (refresh_fig5).
-    fig = _memo("fig5", proj, (ui.style, classes), lambda: plots.fig5_panels(snapshot, proj, ranges, classes, ui.style))
+    fig = _memo("fig5", proj, (ui.style, classes), lambda: figures.fig5_panels(snapshot, proj, ranges, classes, ui.style))
     if st.session_state.get("fig5_shows") is not snapshot:
-        plots.refresh_fig5(fig, snapshot, proj, ranges)
+        figures.refresh_fig5(fig, snapshot, proj, ranges)
         st.session_state.fig5_shows = snapshot
     st.session_state.last_fig5 = fig
     views.fig5_view(fig, export, name, key="fig5")
-    note = f"Axes fixed from M_R's features (+{int(plots.HEADROOM * 100)}% headroom)"
+    note = f"Axes fixed from M_R's features (+{int(figures.HEADROOM * 100)}% headroom)"
     if ranges.extended_at:
         note += f"; extended at {', '.join(ranges.extended_at[-3:])} because points left them"
     st.caption(f"{note}. Plane: {proj.label}. Dotted rays: class directions of the frozen last layer.")
@@ -375,26 +366,26 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
     left, right = st.columns([1, 2.4])
     with left:
         st.markdown("**Generator samples G(z)**")
-        grid = _memo("gen", snapshot, (ui.style,), lambda: plots.gen_grid(snapshot["gen_images"], ui.style))
+        grid = _memo("gen", snapshot, (ui.style,), lambda: figures.gen_grid(snapshot.gen_images, ui.style))
         views.generator_view(grid, export, name, key="gen")
     with right:
         st.markdown("**Curves**")
-        curves = _memo("curves", None, (name, len(history), ui.style), lambda: plots.curves({name: history}, ui.style))
+        curves = _memo("curves", None, (name, len(history), ui.style), lambda: figures.curves({name: history}, ui.style))
         views.curves_view(curves, export, name, key="curves")
         if history:
             views.metrics_downloads(name, history, key="dl")
 
     if run is not None and not live:
-        epochs = views.snapshot_epochs(run)
+        epochs = run.snapshot_epochs()
         if len(epochs) >= 2:
             picks = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
             try:
                 snaps = [(f"epoch {e}", views.read_snapshot(run, e)) for e in picks]
-            except views.RunProblem as e:
-                st.error(str(e))
+            except RunError as e:
+                st.error(views.plain(e))
                 return
             st.markdown("**M_F over the run** (first / middle / last saved epoch, same axes)")
-            st.plotly_chart(plots.small_multiples(snaps, proj, ranges, classes, ui.style), key="strip",
+            st.plotly_chart(figures.small_multiples(snaps, proj, ranges, classes, ui.style), key="strip",
                             config=export.config(f"{name}-strip"))
             views.explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the "
                           "ID digits stay on their rays.")
@@ -402,7 +393,7 @@ def draw(snapshot: dict, history: list[dict], ui: UIState, export: views.Export,
 
 def server_export(export: views.Export, name: str) -> None:
     """Server-side PNG/SVG of the Fig. 5 panels, where Kaleido and a Chromium are available."""
-    ok, why = plots.static_export_status()
+    ok, why = figures.static_export_status()
     with st.expander("Server-side image of the Fig. 5 panels"):
         if not ok:
             st.info(f"Not available on this machine: {why}.")
@@ -411,7 +402,7 @@ def server_export(export: views.Export, name: str) -> None:
         if st.button("Render PNG and SVG", key="render_static") and "last_fig5" in st.session_state:
             try:
                 fig = st.session_state.last_fig5
-                st.session_state.static = {fmt: plots.render_static(fig, fmt, export.width, export.height, export.scale)
+                st.session_state.static = {fmt: figures.render_static(fig, fmt, export.width, export.height, export.scale)
                                            for fmt in ("png", "svg")}
             except Exception as e:  # Kaleido/Chromium failures are environment problems, not bugs here
                 st.error(f"Server-side rendering failed: {str(e).splitlines()[0][:200]}")
@@ -426,9 +417,7 @@ def server_export(export: views.Export, name: str) -> None:
 
 
 def main() -> None:
-    views.page_setup("Defend")
-    ui = views.ui_state()
-    ui = data_fallback(ui)
+    ui = data_fallback(views.ui_state())
     job = _job_for(ui)
     active = bool(job and job.view().active)
 
@@ -437,27 +426,26 @@ def main() -> None:
     if "data_notice" in st.session_state:
         st.warning(st.session_state.data_notice, icon="💾")
 
-    config_sidebar(st.session_state.ui, locked=active)
-    ui, export = views.style_and_export_sidebar(st.session_state.ui)
+    config_sidebar(ui, locked=active)
+    ui = views.ui_state()
     if ui.view == "full":
-        proj = st.sidebar.radio("Projection for wide features", ("pca", "umap"), horizontal=True,
-                                index=("pca", "umap").index(ui.proj), key="w_proj",
-                                help="Only used when the penultimate layer is wider than 2-D. PCA is live; "
-                                     "UMAP is slow to start and may pull shifted OOD points onto ID clusters.")
-        ui = replace(ui, proj=proj)
+        st.sidebar.radio("Projection for wide features", ("pca", "umap"), horizontal=True,
+                         index=("pca", "umap").index(ui.proj), key="w_proj", on_change=_sync, args=("proj",),
+                         help="Only used when the penultimate layer is wider than 2-D. PCA is live; "
+                              "UMAP is slow to start and may pull shifted OOD points onto ID clusters.")
     st.sidebar.caption(f"Runs on: **{describe(device())}** · data dir `{views.data_dir()}` · "
                        f"runs dir `{views.runs_dir()}`")
-    views.set_ui_state(ui)
 
     config_error = None
     try:
         ui.config().validate()
     except ConfigError as e:
         config_error = str(e)
-        st.error(f"Check the settings: {config_error}")
+        st.error(f"Check the settings: {config_error}")  # the engine's message about numbers the widgets hold
     if ui.view == "full" and (changed := ui.knobs_differ_from_preset()):
         st.caption(f"Changed from the *{UI_PRESETS[ui.preset].label}* preset: {', '.join(changed)}")
 
+    export = views.export_settings()
     st.fragment(run_every=LIVE_REFRESH_S if active else None)(live_area)(export, config_error, active)
     server_export(export, ui.run or ui.victim)
 

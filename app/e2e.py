@@ -1,0 +1,100 @@
+"""Drive the app in a real browser: start `streamlit run streamlit_app.py` on a free port, open
+Debian's Chromium through Playwright, and wait for what Streamlit's own end-to-end suite waits for.
+Used by the browser tests (tests/test_browser.py) and the app benchmark (bench/bench_app.py).
+Needs the test requirements (playwright) and /usr/bin/chromium; the app itself never imports this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
+# A page's Fig. 5 panels are drawn when the first Plotly chart holds its traces (rays, classes, OOD, G(z)).
+FIG5_DRAWN = ("() => { const e = document.querySelector('.js-plotly-plot');"
+              " return !!(e && e.data && e.data.length > 10); }")
+# The M_F panel's points: the second half of the first chart's traces, as one string to compare.
+MF_POINTS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
+             " const d = e.data; return JSON.stringify(d.slice(d.length / 2).map(t => [t.x, t.y])); }")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def streamlit_server(env: dict, log: Path, timeout: float = 60):
+    """`streamlit run streamlit_app.py` on a free port; yields (url, started_at) once /_stcore/health says ok."""
+    port = free_port()
+    started = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(port),
+             "--server.headless", "true", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.perf_counter() + timeout
+            while True:
+                try:
+                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.perf_counter() > deadline:
+                        raise RuntimeError(f"streamlit did not start; see {log}") from None
+                    time.sleep(0.05)
+            yield url, started
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def chromium_page(downloads: Path | None = None):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
+            yield context.new_page()
+        finally:
+            browser.close()
+
+
+def wait_loaded(page, timeout_ms: int = 90_000) -> None:
+    """What Streamlit's own e2e suite waits for, then the Fig. 5 panels."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
+    page.wait_for_function(FIG5_DRAWN, timeout=timeout_ms)
+
+
+def job_state(page) -> str:
+    el = page.locator(".advft-status span.advft-chip")
+    return el.first.inner_text() if el.count() else ""
+
+
+def wait_state(page, states: tuple[str, ...], timeout_ms: int = 90_000) -> None:
+    page.wait_for_function(
+        "states => { const e = document.querySelector('.advft-status span.advft-chip');"
+        " return !!e && states.includes(e.textContent.trim()); }", arg=list(states), timeout=timeout_ms)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+

@@ -1,0 +1,299 @@
+"""Running AdvFT into a run folder: the one protocol that the command line, the experiments and the
+app's jobs all use.
+
+    run = RecordedRun.create(out, victim, config)      # or RecordedRun.resume(out)
+    drive(run, next_action, on_step)                   # steps, records every epoch, closes the run
+
+`drive` is the only loop that steps a recorded trainer. Its callers bring only their control
+policy: `next_action()` says what to do next ("step", an extra "g"/"f" update, or None to stop;
+the app's pause/step queue blocks inside it), `on_step(action, record)` reports (a progress bar, a
+note per epoch, a published frame). Whatever happens, the run ends with exactly one final status:
+finished (with metrics.json), stopped (None from next_action, or Ctrl-C) or failed (any exception,
+with its one-line message), and its write lock is released.
+
+Also here: committed victims by name, and M_R's preview snapshot (what the app draws before Start).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .advft import AdvFT, AdvFTConfig, ConfigError, PRESETS, Snapshot
+from .data import Dataset, load_dataset, load_ood
+from .device import describe
+from .models import CheckpointError, Classifier, load_model, save_model
+from .runs import RunConfig, RunDir, RunError, atomic_torch_save
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+VICTIMS_DIR = ASSETS / "victims"
+
+
+# ---------------------------------------------------------------- victims
+
+
+def committed_victims() -> list[str]:
+    """Victim names with a checkpoint under assets/victims."""
+    return sorted(p.stem for p in VICTIMS_DIR.glob("*.pt"))
+
+
+def victim_path(name: str | Path) -> Path:
+    """A committed victim by name (e.g. 'mnist_lenet2d'), else a checkpoint path as given."""
+    name = str(name)
+    if name in committed_victims():
+        return VICTIMS_DIR / f"{name}.pt"
+    return Path(name)
+
+
+def preset_victim(preset: str) -> Path:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    return victim_path(PRESETS[preset]["victim"])
+
+
+def load_victim(path: str | Path, data_dir=None, device="cpu") -> tuple[Classifier, Dataset]:
+    """The victim (a committed name or a path) and its ID dataset; errors if the data on disk does not
+    fit the checkpoint."""
+    path = victim_path(path)
+    model = load_model(path, device)
+    data = load_dataset(model.dataset, data_dir)
+    probe = data.x_test[:2].float().to(device)
+    try:
+        with torch.no_grad():
+            model(probe)
+    except RuntimeError:
+        raise CheckpointError(f"'{path}' does not accept {model.dataset} images of shape {data.shape}") from None
+    return model, data
+
+
+def new_trainer(victim: Classifier, data: Dataset, config: AdvFTConfig, data_dir=None, device="cpu") -> AdvFT:
+    config.validate()
+    ood = load_ood(config.ood, data.shape, max(config.eval_ood_size, config.probe_size), data_dir, seed=config.seed)
+    return AdvFT(victim, config, data, ood, device)
+
+
+# ---------------------------------------------------------------- the run protocol
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one readable line (torch's messages can run to pages)."""
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return text if text else type(e).__name__
+
+
+class RecordedRun:
+    """A trainer bound to the run folder it writes, holding the folder's write lock until close()."""
+
+    def __init__(self, run: RunDir, trainer: AdvFT):
+        self.run, self.trainer = run, trainer
+        self.status: str | None = None     # the final status, once closed
+        self.metrics: dict | None = None   # metrics.json, once finished
+
+    @classmethod
+    def create(cls, out: str | Path, victim: str | Path, config: AdvFTConfig, data_dir=None, device="cpu",
+               preset: str | None = None, trainer: AdvFT | None = None) -> "RecordedRun":
+        """A new run in `out` (a new or empty folder) from a victim checkpoint; `trainer` when the caller
+        already built one from that victim."""
+        run = RunDir(out)
+        if run.path.exists() and not run.path.is_dir():
+            raise RunError(f"'{run.path}' is a file, not a folder for a run; choose another --out")
+        if run.exists():
+            raise RunError(f"'{run.path}' already holds a run; resume it or choose another folder")
+        created = not run.path.exists()
+        run.acquire()
+        try:
+            if trainer is None:
+                model, data = load_victim(victim, data_dir, device)
+                trainer = new_trainer(model, data, config, data_dir, device)
+            info = getattr(trainer.reference, "info", {})
+            run.write_config(RunConfig(
+                advft=trainer.config, victim=str(victim), preset=preset, dataset=trainer.data.name,
+                arch=trainer.model.arch, data_source=trainer.data.source, ood_source=trainer.ood_source,
+                device=describe(trainer.device), created=time.strftime("%Y-%m-%d %H:%M:%S"),
+                victim_accuracy=info.get("test_accuracy")))
+        except BaseException:
+            run.release()
+            if created:  # leave no half-made folder behind (a later --out of the same name must work)
+                import shutil
+
+                shutil.rmtree(run.path, ignore_errors=True)
+            raise
+        self = cls(run, trainer)
+        self._record_start()
+        return self
+
+    @classmethod
+    def resume(cls, out: str | Path, data_dir=None, device="cpu") -> "RecordedRun":
+        """Continue the run in `out` from its last saved epoch; a run that never saved one (it failed or
+        was killed in its first epoch) starts again from epoch 0."""
+        run = RunDir(out)
+        cfg = run.config()  # RunError when there is no run
+        run.acquire()
+        try:
+            model, data = load_victim(cfg.victim, data_dir, device)
+            trainer = new_trainer(model, data, cfg.advft, data_dir, device)
+            if run.state_path.is_file():
+                try:
+                    trainer.load_state_dict(run.load_state())
+                except Exception as e:
+                    raise CheckpointError(f"'{run.state_path}' does not load ({one_line(e)[:120]}); "
+                                          "delete it to start the run again from epoch 0") from None
+        except BaseException:
+            run.release()
+            raise
+        run.drop_snapshots_after(trainer.epoch)
+        self = cls(run, trainer)
+        self._record_start()
+        return self
+
+    def _record_start(self) -> None:
+        t = self.trainer
+        if t.epoch == 0:
+            self.run.save_snapshot(t.snapshot())
+            self.run.write_history(t.history)
+        self.set_state("running")
+
+    # ------------------------------------------------------------ while it runs
+    def set_state(self, state: str) -> None:
+        """'running' or 'paused' (shown in listings while the run is open)."""
+        self.run.write_status(state, f"epoch {self.trainer.epoch} of {self.trainer.config.epochs}")
+
+    def step(self, action: str = "step") -> dict | None:
+        """'step': the next step of Algorithm 1, recording the epoch it completes (returns its record);
+        'g' / 'f': one extra G or M_F update outside the schedule (kept out of the epoch means)."""
+        t = self.trainer
+        if action == "g":
+            t.step_generator()
+            return None
+        if action == "f":
+            t.step_model()
+            return None
+        record = t.step()
+        if record is not None:
+            self._record_epoch()
+        return record
+
+    def _record_epoch(self) -> None:
+        t, run = self.trainer, self.run
+        run.save_snapshot(t.snapshot())
+        save_model(t.model, run.model_path, protected_from=str(victim_path(run.config().victim)),
+                   margin=t.config.margin, epochs_done=t.epoch, test_accuracy=t.history[-1]["acc_after"])
+        run.save_state(t.state_dict())
+        run.write_history(t.history)  # last, so history never runs ahead of state.pt
+
+    # ------------------------------------------------------------ the end
+    def close(self, status: str, message: str = "") -> dict | None:
+        """Record the final status ('finished' also writes metrics.json) and release the lock."""
+        try:
+            if status == "finished":
+                self.metrics = self.trainer.metrics()
+                self.run.write_metrics(self.metrics)
+            self.run.write_status(status, message or f"epoch {self.trainer.epoch} of {self.trainer.config.epochs}")
+        finally:
+            self.status = status
+            self.run.release()
+        return self.metrics
+
+
+def drive(run: RecordedRun, next_action: Callable[[], str | None] = lambda: "step",
+          on_step: Callable[[str, dict | None], None] = lambda action, record: None) -> str:
+    """Step `run` until its trainer finishes or next_action() returns None; record exactly one final
+    status and return it. Exceptions (Ctrl-C included) are recorded, then raised again."""
+    t = run.trainer
+    try:
+        while not t.finished:
+            action = next_action()
+            if action is None:
+                run.close("stopped", f"stopped during epoch {t.epoch + 1}; the finished epochs are saved "
+                                     "and the run can be resumed")
+                return "stopped"
+            on_step(action, run.step(action))
+        run.close("finished")
+        return "finished"
+    except KeyboardInterrupt:
+        if run.status is None:
+            run.close("stopped", f"interrupted during epoch {t.epoch + 1}; resume it (--resume, or Resume in the app)")
+        raise
+    except BaseException as e:
+        if run.status is None:
+            try:
+                run.close("failed", one_line(e))
+            except OSError:
+                run.run.release()  # the run folder itself may be what went away
+        raise
+
+
+def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTConfig | None = None, data_dir=None,
+              device="cpu", preset: str | None = None, resume: bool = False,
+              should_stop: Callable[[], bool] = lambda: False,
+              on_step: Callable[[str, dict | None], None] = lambda action, record: None) -> RecordedRun:
+    """Run (or resume) AdvFT into the folder `out` until it finishes or should_stop(); returns the
+    closed RecordedRun (its trainer, status and metrics)."""
+    run = RecordedRun.resume(out, data_dir, device) if resume else \
+        RecordedRun.create(out, victim, config, data_dir, device, preset)
+    drive(run, lambda: None if should_stop() else "step", on_step)
+    return run
+
+
+# ---------------------------------------------------------------- M_R before any training
+
+
+# What M_R's snapshot before training depends on besides the victim and the data: the probe sets and
+# the generator's first samples. The training knobs (margin, steps, learning rates...) do not.
+PREVIEW_FIELDS = ("seed", "probe_size", "ood", "latent_dim", "gen_width")
+PREVIEW_CACHE_ENTRIES = 32  # a URL can ask for any seed: the disk cache keeps only the newest few
+
+
+def preview_snapshot(victim: str | Path, config: AdvFTConfig, data_dir=None, device="cpu",
+                     cache_dir: Path | None = None) -> Snapshot:
+    """M_R's snapshot before any training (what a UI shows before Start).
+
+    Building it scores M_R on the test set (seconds on a CPU), so it is kept in `cache_dir` under a
+    key of everything it depends on: the victim file's content, the data files' identity, the preview
+    fields and the code that computes it (this package's sources)."""
+    config = AdvFTConfig(**{f: getattr(config, f) for f in PREVIEW_FIELDS}, eval_train_size=10,
+                         eval_ood_size=config.probe_size).validate()
+    path = victim_path(victim)
+    cache = None
+    if cache_dir is not None:
+        key = json.dumps([_file_hash(path), str(Path(data_dir).resolve()) if data_dir else "",
+                          [getattr(config, f) for f in PREVIEW_FIELDS], _code_version()])
+        cache = Path(cache_dir) / f"preview-{hashlib.sha1(key.encode()).hexdigest()[:16]}.pt"
+        try:
+            return Snapshot.from_dict(torch.load(cache, map_location="cpu", weights_only=True))
+        except Exception:  # absent or unreadable: compute it again
+            pass
+    model, dataset = load_victim(path, data_dir, device)
+    snapshot = new_trainer(model, dataset, config, data_dir, device).snapshot()
+    if cache is not None:
+        try:
+            atomic_torch_save(snapshot.to_dict(), cache)
+            old = sorted(cache.parent.glob("preview-*.pt"), key=lambda p: p.stat().st_mtime)
+            for stale in old[:-PREVIEW_CACHE_ENTRIES]:
+                stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only cache only costs the next start its seconds
+    return snapshot
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+_CODE_VERSION: str | None = None
+
+
+def _code_version() -> str:
+    """A hash of core/'s sources: a preview made by other code is not reused."""
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        h = hashlib.sha1()
+        for p in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(p.read_bytes())
+        _CODE_VERSION = h.hexdigest()[:12]
+    return _CODE_VERSION
