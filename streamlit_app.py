@@ -2,15 +2,11 @@
 
 It sits at the repository's root so that `core` and `app` import without path tricks, sets the page
 config and the style sheet once, parses the URL into the session's UIState once, declares the pages
-(st.navigation), runs the chosen one, and then draws the sidebar controls every page shares.
-Heavy modules are imported here, up front, in the server's first script run: two sessions importing
-them for the first time from two threads at once can see a half-initialised module.
+(st.navigation), runs the chosen one, and then draws what every page shares: the sidebar's style and
+export controls, and the heartbeat that lets a closed tab's job stop itself.
 """
 
-import pandas  # noqa: F401  (imported once, up front: see above)
-import plotly.graph_objects  # noqa: F401
 import streamlit as st
-import torch  # noqa: F401
 
 from app import views
 
@@ -24,4 +20,6 @@ page = st.navigation([
 ])
 page.run()
 views.shared_sidebar()
+views.heartbeat()
 views.mirror_url()
+views.preload_modules()  # after the page: it never delays the first plot

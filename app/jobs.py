@@ -22,6 +22,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -34,6 +35,10 @@ from core.runs import RunError
 from core.training import RecordedRun, drive, one_line
 
 PUBLISH_EVERY_S = 0.4    # snapshot() costs ~50 ms; more often would slow training noticeably
+# Work whose page stopped asking for its view this long ago is stopped (its tab was closed): the
+# pages poll every 0.5-2 s while work is active, and Streamlit itself only notices a closed tab
+# after its 120 s session timeout.
+ABANDON_AFTER_S = 10.0
 SLOW_MOTION_S = 0.25     # pause after each step in slow motion, so one step is one visible frame
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, TrainingDiverged, BudgetExhausted, ValueError,
                OSError)
@@ -57,12 +62,12 @@ class JobSlots:
         self._active: set = set()
         self._waiting: list = []
 
-    def acquire(self, work, stop: threading.Event) -> bool:
-        """Blocks until `work` may run; False if `stop` was set while it waited."""
+    def acquire(self, work, should_stop: Callable[[], bool]) -> bool:
+        """Blocks until `work` may run; False if should_stop() became true while it waited."""
         with self._cond:
             self._waiting.append(work)
             while not (self._waiting[0] is work and len(self._active) < self.capacity):
-                if stop.is_set():
+                if should_stop():
                     self._waiting.remove(work)
                     self._cond.notify_all()
                     return False
@@ -91,13 +96,16 @@ class JobSlots:
 
 class Background:
     """One piece of work in its own thread: waits for a slot, runs `_work()`, publishes a view.
-    Subclasses set `_view` to a frozen dataclass with `state`, `message` and `place` fields."""
+    Subclasses set `_view` to a frozen dataclass with `state`, `message` and `place` fields.
+    With `abandon_after`, the work stops itself when nobody has read its view for that long."""
 
     _view: object
 
-    def __init__(self, name: str, slots: JobSlots, device: str):
-        self.slots, self.device = slots, device
+    def __init__(self, name: str, slots: JobSlots, device: str, abandon_after: float | None = None):
+        self.slots, self.device, self.abandon_after = slots, device, abandon_after
         self.stop_event = threading.Event()
+        self.abandoned = False
+        self._seen = time.monotonic()
         self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._main, daemon=True, name=name)
 
@@ -112,9 +120,22 @@ class Background:
             self._cond.notify_all()
 
     def view(self):
+        self._seen = time.monotonic()
         with self._cond:
             v = self._view
         return replace(v, place=self.slots.place(self)) if v.state == "queued" else v
+
+    def should_stop(self) -> bool:
+        """A stop was asked for, or the page has not looked for `abandon_after` seconds (tab closed)."""
+        if not self.stop_event.is_set() and self.abandon_after is not None \
+                and time.monotonic() - self._seen > self.abandon_after:
+            self.abandoned = True
+            self.stop_event.set()
+        return self.stop_event.is_set()
+
+    def _stop_reason(self) -> str:
+        return (f"stopped: its page was closed (nobody watched it for {self.abandon_after:g} s)" if self.abandoned
+                else "stopped")
 
     def _publish(self, **changes) -> None:
         with self._cond:
@@ -122,8 +143,8 @@ class Background:
 
     def _main(self) -> None:
         try:
-            if not self.slots.acquire(self, self.stop_event):
-                self._publish(state="stopped", message="stopped while waiting in the queue")
+            if not self.slots.acquire(self, self.should_stop):
+                self._publish(state="stopped", message=f"{self._stop_reason()} while waiting in the queue")
                 self._cancelled()
                 return
             try:
@@ -187,8 +208,8 @@ class JobView:
 
 
 class Job(Background):
-    def __init__(self, spec: JobSpec, slots: JobSlots):
-        super().__init__(f"advft-{spec.run_dir.name}", slots, spec.device)
+    def __init__(self, spec: JobSpec, slots: JobSlots, abandon_after: float | None = None):
+        super().__init__(f"advft-{spec.run_dir.name}", slots, spec.device, abandon_after)
         self.spec = spec
         self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
         self._playing = not spec.start_paused
@@ -248,7 +269,7 @@ class Job(Background):
                             message=f"data: {t.data.source}; OOD: {t.ood_source}")
         status = drive(run, self._next_action, self._on_step)
         if status == "stopped":
-            self._publish_frame(state="stopped", message="stopped; every finished epoch is saved")
+            self._publish_frame(state="stopped", message=f"{self._stop_reason()}; every finished epoch is saved")
         else:
             self._publish_frame(state="finished", message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
                                                          f"OOD agreement {run.metrics['ood_agreement']:.2f}")
@@ -270,9 +291,9 @@ class Job(Background):
     def _next_action(self) -> str | None:
         """drive()'s policy: 'step', 'g', 'f', or None to stop. Blocks (without spinning) while paused."""
         while True:
+            if self.should_stop():
+                return None
             with self._cond:
-                if self.stop_event.is_set():
-                    return None
                 if self._requests:
                     return self._requests.popleft()
                 playing = self._playing or self._until_epoch_end

@@ -105,7 +105,7 @@ class UIState:
         q = {k: (v[-1] if isinstance(v, (list, tuple)) else v) for k, v in dict(query).items()}
         preset = q.get("preset", "lecture")
         if preset not in UI_PRESETS:
-            warnings.append(f"preset '{preset}' is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
+            warnings.append(f"preset {_shown(preset)} is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
             preset = "lecture"
         elif not preset_available(preset):
             warnings.append(f"preset '{preset}' needs its victim, which is not trained here ({FIG5_COMMAND}); "
@@ -119,7 +119,7 @@ class UIState:
             if victim in committed_victims():
                 changes["victim"] = victim
             else:
-                warnings.append(f"victim '{victim}' is not a committed victim ({', '.join(committed_victims())}); "
+                warnings.append(f"victim {_shown(victim)} is not a committed victim ({', '.join(committed_victims())}); "
                                 f"using '{state.victim}'")
         for name in KNOBS:
             if name not in q:
@@ -129,23 +129,23 @@ class UIState:
                 replace(state.config(), **{name: value}).validate()  # core's own range check
                 changes[name] = value
             except (ValueError, ConfigError) as e:
-                warnings.append(f"URL value {name}={q[name]!r} ignored ({e}); using {getattr(state, name)}")
+                warnings.append(f"URL value {name}={_shown(q[name])} ignored ({e}); using {getattr(state, name)}")
         for name in ("view", "style", "proj"):
             if name in q:
                 if q[name] in CHOICES[name]:
                     changes[name] = q[name]
                 else:
-                    warnings.append(f"URL value {name}={q[name]!r} ignored; choose one of {', '.join(CHOICES[name])}")
+                    warnings.append(f"URL value {name}={_shown(q[name])} ignored; choose one of {', '.join(CHOICES[name])}")
         if "epoch" in q:
             try:
                 changes["epoch"] = _nonneg_int(q["epoch"])
             except ValueError as e:
-                warnings.append(f"URL value epoch={q['epoch']!r} ignored ({e})")
+                warnings.append(f"URL value epoch={_shown(q['epoch'])} ignored ({e})")
         if q.get("run"):
             if _safe_run_name(q["run"]):
                 changes["run"] = q["run"]
             else:
-                warnings.append(f"URL value run={q['run']!r} ignored (not a run folder name)")
+                warnings.append(f"URL value run={_shown(q['run'])} ignored (not a run folder name)")
         return replace(state, **changes), warnings
 
 
@@ -186,6 +186,14 @@ def _parse(name: str, text: str):
         raise ValueError(f"expected {'an integer' if kind == 'int' else 'a number'}") from None
 
 
+def _shown(value: str, limit: int = 60) -> str:
+    """A URL value quoted for a warning, cut short (a link can carry kilobytes)."""
+    text = str(value)
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
 def _safe_run_name(name: str) -> bool:
-    """A plain folder name: no path separators or parent references can sneak out of the runs dir."""
-    return bool(name) and Path(name).name == name and name not in (".", "..")
+    """A plain folder name: no path separators or parent references can sneak out of the runs dir,
+    and short enough for any file system (255 bytes)."""
+    return bool(name) and Path(name).name == name and name not in (".", "..") and len(name.encode()) <= 255 \
+        and "\x00" not in name

@@ -51,8 +51,8 @@ TaskFn = Callable[[Callable, Callable[[str], None], Callable[[], bool]], object]
 
 
 class Task(Background):
-    def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu"):
-        super().__init__(f"task-{title[:30]}", slots, device)
+    def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu", abandon_after: float | None = None):
+        super().__init__(f"task-{title[:30]}", slots, device, abandon_after)
         self.fn = fn
         self._view = TaskView(title)
         self.collected = False  # set by the page once it has taken the finished value
@@ -68,8 +68,11 @@ class Task(Background):
 
     def _work(self) -> None:
         self._publish(state="running")
-        value = self.fn(self._progress, self._note, self.stop_event.is_set)
-        self._publish(state="stopped" if self.stop_event.is_set() else "finished", value=value)
+        value = self.fn(self._progress, self._note, self.should_stop)
+        if self.stop_event.is_set():
+            self._publish(state="stopped", message=self._stop_reason(), value=value)
+        else:
+            self._publish(state="finished", value=value)
 
 
 # ---------------------------------------------------------------- targets

@@ -15,12 +15,13 @@ import csv
 import io
 import json
 import re
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import streamlit as st
 
-from app.jobs import JobSlots, SessionJob, default_max_jobs
+from app.jobs import ACTIVE, JobSlots, SessionJob, default_max_jobs
 from app.state import UIState
 from core import figures
 from core.advft import Snapshot
@@ -36,6 +37,17 @@ def plain(text) -> str:
     """User text for a Markdown element (st.warning, st.caption...): every Markdown character escaped,
     so a link, an image or a colour directive in a URL or a run name shows as the characters it is."""
     return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+_IMPORT_LOCK = threading.Lock()
+
+
+def preload_modules() -> None:
+    """Import what the other pages need (pandas for st.dataframe) once, under a lock. Two sessions whose
+    first imports of pandas overlap in two script threads can see a half-initialised module
+    ("partially initialized module 'pandas' has no attribute 'Series'")."""
+    with _IMPORT_LOCK:
+        import pandas  # noqa: F401
 
 
 def load_css() -> None:
@@ -132,8 +144,32 @@ def job_slots() -> JobSlots:
 
 @st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
 def session_job() -> SessionJob:
-    """Per browser session; when the session ends (tab closed), its job is told to stop."""
+    """Per browser session: its training job (Defend). Stopped when the session ends, and sooner by
+    the heartbeat (see `heartbeat`)."""
     return SessionJob()
+
+
+@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+def session_task() -> SessionJob:
+    """Per browser session: its attack task (Attack page)."""
+    return SessionJob()
+
+
+HEARTBEAT_S = 2.0
+
+
+def heartbeat() -> None:
+    """While this session has active work, read its views every HEARTBEAT_S from whatever page is open:
+    work nobody reads for ABANDON_AFTER_S (the tab was closed) stops itself and frees its slot."""
+    works = [h.job for h in (session_job(), session_task()) if h.job is not None]
+    if any(w.view().state in ACTIVE for w in works):
+        st.fragment(run_every=HEARTBEAT_S)(_beat)()
+
+
+def _beat() -> None:
+    for holder in (session_job(), session_task()):
+        if holder.job is not None:
+            holder.job.view()
 
 
 def data_dir() -> Path:

@@ -158,11 +158,23 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"'{path}' is not a readable checkpoint ({reason})") from None
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({_load_failure(path, e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"'{path}' is not a model checkpoint written by this project")
     return ckpt
+
+
+def _load_failure(path: Path, e: Exception) -> str:
+    """Why torch.load refused a file, in a few words (torch's own notice runs to a page)."""
+    import zipfile
+
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "not a PyTorch file: truncated, or some other format"
+    if "Weights only load failed" in str(e):
+        return "it holds Python objects other than tensors; refused, since loading them could run code"
+    return str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Classifier:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import streamlit as st
 
 from app import views
-from app.jobs import SessionJob
+from app.jobs import ABANDON_AFTER_S
 from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,
                        protect_then_attack_task, sweep_task)
 from core import figures
@@ -24,12 +24,6 @@ from core.training import committed_victims
 LIVE_REFRESH_S = 0.5
 DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)", "am": "AM (adaptive misinformation)",
                   "top1": "top-1 label only"}
-
-
-@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
-def session_task() -> SessionJob:
-    """Per browser session: its one attack task, stopped when the tab closes."""
-    return SessionJob()
 
 
 @st.cache_resource(show_spinner=False)
@@ -59,7 +53,7 @@ views.explain("A thief sends out-of-distribution images (KnockoffNets: natural p
               "surrogate learns the wrong thing, while honest users (ID inputs) see the same model.")
 data_dir = str(views.data_dir())
 dev = device()
-holder = session_task()
+holder = views.session_task()
 results: list[dict] = st.session_state.setdefault("attack_results", [])
 
 all_targets = attack_targets(views.runs_dir())
@@ -115,7 +109,7 @@ msweep = s2.button("Margin sweep (toy)", disabled=busy, key="s_margins",
 
 
 def start(title: str, fn) -> None:
-    holder.replace(Task(title, fn, views.job_slots(), dev).start())
+    holder.replace(Task(title, fn, views.job_slots(), dev, ABANDON_AFTER_S).start())
     st.rerun()
 
 

@@ -16,7 +16,7 @@ from dataclasses import replace
 import streamlit as st
 
 from app import views
-from app.jobs import Job, JobSpec, new_run_dir
+from app.jobs import ABANDON_AFTER_S, Job, JobSpec, new_run_dir
 from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, preset_available
 from app.views import job_slots, session_job
 from core import figures
@@ -148,7 +148,7 @@ def start(ui: UIState) -> None:
     cfg = ui.config().validate()
     spec = JobSpec(str(victim_path(ui.victim)), cfg, new_run_dir(views.runs_dir(), ui.preset, cfg), ui.preset,
                    str(views.data_dir()), str(device()))
-    session_job().replace(Job(spec, job_slots()).start())
+    session_job().replace(Job(spec, job_slots(), ABANDON_AFTER_S).start())
     views.set_ui_state(replace(ui, run=spec.run_dir.name, epoch=None))
 
 
@@ -163,7 +163,7 @@ def resume(run: RunDir) -> None:
         return
     spec = JobSpec(saved.victim, saved.advft, run.path, saved.preset, str(views.data_dir()), str(device()),
                    resume=True)
-    session_job().replace(Job(spec, job_slots()).start())
+    session_job().replace(Job(spec, job_slots(), ABANDON_AFTER_S).start())
     views.set_ui_state(replace(views.ui_state(), run=run.name, epoch=None))
 
 
