@@ -93,6 +93,13 @@ class JobSlots:
         with self._cond:
             return len(self._active), len(self._waiting)
 
+    def job_for(self, run_dir: Path) -> "Job | None":
+        """The live training job (running or waiting) that writes `run_dir`, whichever tab started it."""
+        target = Path(run_dir).resolve()
+        with self._cond:
+            works = (*self._active, *self._waiting)
+        return next((w for w in works if isinstance(w, Job) and w.spec.run_dir.resolve() == target), None)
+
 
 class Background:
     """One piece of work in its own thread: waits for a slot, runs `_work()`, publishes a view.
@@ -105,6 +112,7 @@ class Background:
         self.slots, self.device, self.abandon_after = slots, device, abandon_after
         self.stop_event = threading.Event()
         self.abandoned = False
+        self.owner = None                   # the SessionJob holding it (see SessionJob.adopt)
         self._seen = time.monotonic()
         self._cond = threading.Condition()
         self.thread = threading.Thread(target=self._main, daemon=True, name=name)
@@ -339,17 +347,24 @@ def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:
 
 
 class SessionJob:
-    """The one job (or task) of a browser session (held in st.cache_resource(scope='session'))."""
+    """The one job (or task) of a browser session (held in st.cache_resource(scope='session')).
+    A job belongs to the last session that took it: a reloaded tab (a new session) adopts the live job
+    of its run, and the old session's end must not stop it then."""
 
     def __init__(self):
         self.job: Background | None = None
 
     def replace(self, job: Background | None) -> None:
-        if self.job is not None:
-            self.job.stop()
+        self.stop()
+        self.adopt(job)
+
+    def adopt(self, job: Background | None) -> None:
         self.job = job
+        if job is not None:
+            job.owner = self
 
     def stop(self) -> None:
-        """on_release: the tab closed (or its session expired); its thread ends at the next step."""
-        if self.job is not None:
+        """Replace, Reset, or on_release (the tab closed or its session expired): the job ends at its
+        next step, unless another session has adopted it since."""
+        if self.job is not None and self.job.owner is self:
             self.job.stop()

@@ -20,7 +20,7 @@ from core.attacks import AttackConfig, DefenceConfig, make_api, run_attack
 from core.data import DataError
 from core.metrics import fidelity, outputs
 from core.models import CheckpointError
-from core.runs import RunError, list_runs
+from core.runs import RunError, atomic_write_json, list_runs, read_json
 from core.training import committed_victims, load_victim, victim_path
 
 ACTIVE = ("queued", "running")
@@ -51,18 +51,22 @@ TaskFn = Callable[[Callable, Callable[[str], None], Callable[[], bool]], object]
 
 
 class Task(Background):
-    def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu", abandon_after: float | None = None):
+    """Runs fn(progress, note, should_stop); a finished value (an attack's row, a sweep's report) is
+    saved into `results_dir` (see save_result), so every tab and later visits list it."""
+
+    def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu",
+                 abandon_after: float | None = None, results_dir: Path | None = None):
         super().__init__(f"task-{title[:30]}", slots, device, abandon_after)
-        self.fn = fn
+        self.fn, self.results_dir = fn, results_dir
         self._view = TaskView(title)
-        self.collected = False  # set by the page once it has taken the finished value
 
     def _note(self, line: str) -> None:
         with self._cond:
             self._view = replace(self._view, notes=self._view.notes + (line,))
 
     def _progress(self, result) -> None:
-        d = result.to_dict()
+        """An AttackResult (partial), or a dict with at least phase and done (0..1) for other phases."""
+        d = result if isinstance(result, dict) else result.to_dict()
         d.get("extra", {}).pop("samples", None)  # images are not needed while it runs
         self._publish(progress=copy.deepcopy(d))
 
@@ -72,7 +76,39 @@ class Task(Background):
         if self.stop_event.is_set():
             self._publish(state="stopped", message=self._stop_reason(), value=value)
         else:
+            if self.results_dir is not None and isinstance(value, dict):
+                save_result(self.results_dir, value)
             self._publish(state="finished", value=value)
+
+
+# ---------------------------------------------------------------- saved results
+
+
+def save_result(folder: Path, value: dict) -> None:
+    """One finished attack row or sweep report as <folder>/<time>-<n>.json (atomic, never overwritten)."""
+    stem = time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (folder / f"{stem}-{n}.json").exists():
+        n += 1
+    atomic_write_json(folder / f"{stem}-{n}.json", value)
+
+
+def load_results(folder: Path, newest: int = 50) -> tuple[list[dict], list[dict]]:
+    """(attack rows, sweep reports) saved in `folder`, oldest first; unreadable files are skipped."""
+    rows, sweeps = [], []
+    for path in sorted(folder.glob("*.json"))[-newest:]:
+        value = read_json(path)
+        if isinstance(value, dict) and isinstance(value.get("rows"), list):
+            sweeps.append(value)
+        elif isinstance(value, dict) and {"target", "defence", "attack", "Acc_MS"} <= set(value):
+            rows.append(value)
+    return rows, sweeps
+
+
+def clear_results(folder: Path) -> None:
+    for path in folder.glob("*.json"):
+        path.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------- targets
@@ -143,7 +179,14 @@ def protect_then_attack_task(victim: str, margin: float, epochs: int, attack: At
         model, data = load_victim(victim, data_dir, dev)
         config = preset_config("lecture", margin=margin, epochs=epochs).validate()
         out = new_run_dir(runs_dir, "attackpage", config)
-        run = protect(model, data, config, out, str(victim_path(victim)), data_dir, note, should_stop)
+
+        def advft_progress(trainer) -> None:
+            progress({"phase": f"AdvFT epoch {trainer.epoch}/{epochs}", "done": trainer.epoch / epochs,
+                      "queries": 0, "budget": attack.queries, "curve": []})
+
+        progress({"phase": "AdvFT starting", "done": 0.0, "queries": 0, "budget": attack.queries, "curve": []})
+        run = protect(model, data, config, out, str(victim_path(victim)), data_dir, note, should_stop,
+                      on_epoch=advft_progress)
         if should_stop():
             return None
         target = {"label": f"AdvFT M_F · {out.name}", "path": str(run.run.model_path), "kind": "advft",

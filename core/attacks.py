@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .advft import ConfigError, Generator
-from .data import DATASETS, DataError, Dataset, convert_images, load_dataset, load_ood, nchw, to_float
+from .data import DATASETS, DataError, Dataset, check_images, convert_images, load_dataset, load_ood, nchw, to_float
 from .metrics import accuracy, agreement, outputs
 from .models import FULL_WIDTH, Classifier, build_model
 
@@ -465,9 +465,7 @@ def transfer_pool(source: str, shape: tuple[int, int, int], need: int, data_dir=
             y = z["y_train"] if "y_train" in z else None
     except Exception as e:
         raise DataError(f"transfer set '{path}' is not a readable .npz with x_train ({type(e).__name__}: {e})") from None
-    if x.dtype != np.uint8 or x.ndim not in (3, 4) or len(x) == 0:
-        raise DataError(f"transfer set '{path}': x_train must be a non-empty array of uint8 images (N x H x W, "
-                        f"N x H x W x C or N x C x H x W); found {x.dtype} of shape {tuple(x.shape)}")
+    check_images(x, f"transfer set {path} array x_train")
     t = nchw(x) if x.ndim == 3 or (x.ndim == 4 and x.shape[-1] in (1, 3)) else torch.from_numpy(x)
     if t.ndim != 4 or t.shape[1] not in (1, 3):
         raise DataError(f"transfer set '{path}': x_train has shape {tuple(x.shape)}, expected N images")

@@ -29,6 +29,11 @@ class DataError(ValueError):
     """A dataset cannot be found or read; the message says what to do about it."""
 
 
+class _NotFound(DataError):
+    """No source holds the dataset at all (as opposed to one that holds a broken copy): only this
+    case may fall back to the offline default, a broken file must not be silently replaced."""
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     shape: tuple[int, int, int]
@@ -99,6 +104,56 @@ def nchw(images: np.ndarray) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous()  # N, H, W, C -> N, C, H, W
 
 
+def check_images(x: np.ndarray, where: str) -> None:
+    """Raises DataError unless `x` is a non-empty uint8 image array, N x H x W or N x H x W x C
+    (N x C x H x W is left to the caller). Float pixels in [0, 1] cast to uint8 would become all
+    zeros, so they are refused, never rescaled. Also for transfer-set .npz files read elsewhere."""
+    if x.dtype != np.uint8:
+        found, fix = f"{x.dtype} pixels", ""
+        if x.dtype.kind in "iuf" and x.size:
+            lo, hi = x.min(), x.max()
+            found += f" in {lo:g}..{hi:g}"
+            if x.dtype.kind == "f" and 0 <= lo and hi <= 1:
+                fix = "; rescale them with (x * 255).round().astype(np.uint8)"
+            elif 0 <= lo and hi <= 255:
+                fix = "; convert them with x.astype(np.uint8)"
+        raise DataError(f"{where}: found {found}, expected uint8 pixels 0..255{fix}")
+    if x.ndim not in (3, 4):
+        raise DataError(f"{where}: found an array of shape {tuple(x.shape)}, "
+                        f"expected images N x H x W or N x H x W x C")
+    if len(x) == 0:
+        raise DataError(f"{where}: found 0 images, expected at least one")
+
+
+def check_split(x: np.ndarray, y: np.ndarray, name: str, x_where: str, y_where: str) -> None:
+    """Raises DataError unless x, y are one usable split of dataset `name`: images as check_images
+    in the dataset's shape, one integer label in 0..classes-1 per image. Cheap: no copies, one
+    min/max over the labels."""
+    info = DATASETS[name]
+    check_images(x, x_where)
+    c, h, w = info.shape
+    found_chw = (1, *x.shape[1:]) if x.ndim == 3 else (x.shape[3], *x.shape[1:3])
+    if found_chw != info.shape:
+        expected = f"N x {h} x {w}" + (f" x {c}" if c > 1 else "")
+        raise DataError(f"{x_where}: found images of shape {' x '.join(map(str, ('N', *x.shape[1:])))}, "
+                        f"expected {expected} for {info.title}")
+    k = len(info.classes)
+    if y.ndim != 1:
+        raise DataError(f"{y_where}: found labels of shape {tuple(y.shape)}, "
+                        f"expected a 1-D array of {len(x)} class indices")
+    if len(y) != len(x):
+        raise DataError(f"{y_where}: found {len(y)} labels for {len(x)} images, expected one label per image")
+    if y.dtype.kind not in "iuf":
+        raise DataError(f"{y_where}: found {y.dtype} labels, expected integer class indices 0..{k - 1}")
+    lo, hi = y.min(), y.max()
+    if y.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi) and np.all(y == np.floor(y))):
+        raise DataError(f"{y_where}: found {y.dtype} labels that are not whole numbers, "
+                        f"expected integer class indices 0..{k - 1}")
+    if lo < 0 or hi > k - 1:
+        raise DataError(f"{y_where}: found labels {lo:g}..{hi:g}, expected class indices 0..{k - 1} "
+                        f"for the {k} classes of {info.title}")
+
+
 def _from_npz(path: Path, name: str, splits: tuple[str, ...]) -> Dataset:
     """Reads only the requested splits (the archives are compressed: CIFAR-10's train split alone
     takes a second to inflate); a split not asked for is left empty."""
@@ -112,17 +167,16 @@ def _from_npz(path: Path, name: str, splits: tuple[str, ...]) -> Dataset:
         raise DataError(f"{path} lacks the array {e}; expected x_train, y_train, x_test, y_test") from None
     except Exception as e:  # zip/pickle errors from a corrupted file
         raise DataError(f"{path} is not a readable .npz file ({type(e).__name__}: {e})") from None
-    ds = Dataset(
+    for s in splits:
+        check_split(arrays[f"x_{s}"], arrays[f"y_{s}"], name, f"{path} array x_{s}", f"{path} array y_{s}")
+    return Dataset(
         name,
-        nchw(arrays["x_train"].astype(np.uint8)),
+        nchw(arrays["x_train"]),  # checked uint8 above: no cast, no copy
         torch.from_numpy(arrays["y_train"].astype(np.int64)),
-        nchw(arrays["x_test"].astype(np.uint8)),
+        nchw(arrays["x_test"]),
         torch.from_numpy(arrays["y_test"].astype(np.int64)),
         source=f"npz file {path}",
     )
-    if ds.shape != DATASETS[name].shape or ds.x_test.shape[1:] != ds.x_train.shape[1:]:
-        raise DataError(f"{path} holds images of shape {ds.shape}, expected {DATASETS[name].shape} for {name}")
-    return ds
 
 
 def _from_torchvision(root: Path, name: str, download: bool) -> Dataset:
@@ -134,7 +188,9 @@ def _from_torchvision(root: Path, name: str, download: bool) -> Dataset:
         ds = cls(root=str(root), train=train, download=download)
         x = np.asarray(ds.data.numpy() if hasattr(ds.data, "numpy") else ds.data)
         y = np.asarray(ds.targets.numpy() if hasattr(ds.targets, "numpy") else ds.targets)
-        splits += [nchw(x.astype(np.uint8)), torch.from_numpy(y.astype(np.int64))]
+        where = f"torchvision {cls.__name__} folder {root}, {'train' if train else 'test'} split"
+        check_split(x, y, name, f"{where}: images", f"{where}: labels")
+        splits += [nchw(x), torch.from_numpy(y.astype(np.int64))]
     how = "downloaded into" if download else "read from"
     return Dataset(name, *splits, source=f"torchvision {cls.__name__} {how} {root}")
 
@@ -184,14 +240,18 @@ def _find(name: str, root: Path, download: bool, splits: tuple[str, ...]) -> Dat
             return _from_npz(path, name, splits)
     try:
         return _from_torchvision(root, name, download=False)
+    except DataError:
+        raise  # the folder is there but its data is unusable: say so, do not download over it
     except Exception:
         pass
     if download and _online():
         try:
             return _from_torchvision(root, name, download=True)
+        except DataError:
+            raise
         except Exception as e:
             raise DataError(f"{DATASETS[name].title} download into {root} failed ({e})") from None
-    raise DataError(
+    raise _NotFound(
         f"{DATASETS[name].title} not found in data dir '{root}' (looked for {name}.npz and torchvision's "
         f"folder; offline, so no download). Point --data-dir or ${DATA_DIR_ENV} at a folder that has it, "
         f"or use --dataset digits (the embedded offline default)."
@@ -274,7 +334,7 @@ def load_ood(source: str, shape: tuple[int, int, int], n: int, data_dir: str | P
             pool = ds.x_test if split == "test" else ds.x_train
             idx = torch.randperm(len(pool), generator=g)[:n]
             return ImageSet(convert_images(pool[idx], shape), f"CIFAR-10 {split} ({ds.source}), as {shape}")
-        except DataError:
+        except _NotFound:  # a broken CIFAR-10 raises: it must not be silently replaced by crops
             crops = natural_crops(n, seed)
             return ImageSet(convert_images(crops, shape),
                             "CIFAR-10 not found: natural-image crops of scikit-learn's sample photos (offline default)")

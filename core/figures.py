@@ -41,13 +41,15 @@ def theme(style: str) -> dict:
 def style_layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
     t = theme(style)
     extra.setdefault("margin", dict(l=10, r=10, t=50, b=10))
+    extra.setdefault("legend", dict(itemsizing="constant"))
+    extra["legend"] = {**extra["legend"], "font": dict(size=t["font_size"])}
     fig.update_layout(
-        template="plotly_white", height=height, font=dict(size=t["font_size"]),
-        paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], legend=dict(itemsizing="constant"), **extra)
-    fig.update_xaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
-    fig.update_yaxes(gridcolor=t["grid"], zerolinecolor=t["grid"])
-    if style == "presentation":
-        fig.update_annotations(font_size=t["font_size"] + 2)
+        template="plotly_white", height=height, font=dict(size=t["font_size"], color=t["text"]),
+        paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], **extra)
+    for axes in (fig.update_xaxes, fig.update_yaxes):
+        axes(gridcolor=t["grid"], zerolinecolor=t["grid"], tickfont=dict(size=t["font_size"]),
+             title_font=dict(size=t["font_size"]))
+    fig.update_annotations(font_size=t["font_size"] + 2)  # subplot titles
     return fig
 
 
@@ -128,7 +130,8 @@ class Ranges:
             return False
         grown = Ranges.around(np.array([[self.x[0], self.y[0]], [self.x[1], self.y[1]]]), pts)
         self.x, self.y = grown.x, grown.y
-        self.extended_at.append(label)
+        if label not in self.extended_at:  # one mention per epoch, however many frames extend it
+            self.extended_at.append(label)
         return True
 
 
@@ -177,14 +180,16 @@ def _add_points(fig, p: Points, row: int, col: int, style: str, classes, ranges:
                                  legendgroup=f"class{c}", showlegend=legend, meta=f"{tag}:class{c}",
                                  marker=dict(color=t["classes"][c % 10], size=size, symbol=mk["id"], opacity=0.8)),
                       row=row, col=col)
-    fig.add_trace(go.Scatter(x=p.ood[:, 0], y=p.ood[:, 1], mode="markers", name="OOD", legendgroup="ood",
-                             showlegend=legend, meta=f"{tag}:ood",
-                             marker=dict(color=t["roles"]["ood"], size=size, symbol=mk["ood"], opacity=0.55)),
-                  row=row, col=col)
+    # G(z) first, then the OOD crosses on top: the stars are larger and must not hide the crosses.
     fig.add_trace(go.Scatter(x=p.gen[:, 0], y=p.gen[:, 1], mode="markers", name="G(z)", legendgroup="gen",
                              showlegend=legend, meta=f"{tag}:gen",
-                             marker=dict(color=t["roles"]["generator"], size=size * 2.4, symbol=mk["generator"],
-                                         line=dict(color="white", width=1))),
+                             marker=dict(color=t["roles"]["generator"], size=size * 1.8, symbol=mk["generator"],
+                                         opacity=0.85, line=dict(color="white", width=1))),
+                  row=row, col=col)
+    fig.add_trace(go.Scatter(x=p.ood[:, 0], y=p.ood[:, 1], mode="markers", name="OOD", legendgroup="ood",
+                             showlegend=legend, meta=f"{tag}:ood",
+                             marker=dict(color=t["roles"]["ood"], size=size, symbol=mk["ood"], opacity=0.55,
+                                         line=dict(width=max(1, size / 5)))),
                   row=row, col=col)
 
 
@@ -201,7 +206,9 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
     """M_R (before) | M_F (now): the paper's Fig. 5, same fixed axes on both sides."""
     t = theme(style)
     now_title = now_title or f"M_F, epoch {snapshot.epoch}"
-    fig = make_subplots(1, 2, subplot_titles=("M_R (before AdvFT)", now_title), horizontal_spacing=0.06)
+    # M_R itself never changes, but its G(z) stars do: they are M_R's view of the generator's current samples.
+    fig = make_subplots(1, 2, subplot_titles=("M_R (before AdvFT; ★ = today's G(z))", now_title),
+                        horizontal_spacing=0.06)
     _add_points(fig, panel_points(snapshot, proj, "before"), 1, 1, style, classes, ranges, legend=True)
     _add_points(fig, panel_points(snapshot, proj, "after"), 1, 2, style, classes, ranges, legend=False, tag="now")
     _square_axes(fig, ranges, 2)
@@ -239,7 +246,7 @@ def small_multiples(snapshots: list[tuple[str, Snapshot]], proj: Projection, ran
     _square_axes(fig, ranges, len(snapshots))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    return style_layout(fig, style, height, showlegend=False)
+    return style_layout(fig, style, height, legend=dict(orientation="h", y=-0.05, itemsizing="constant"))
 
 
 # ---------------------------------------------------------------- generator samples
@@ -270,11 +277,12 @@ CURVES = (  # (history key, title, log scale, role colour)
     ("l_g", "L_G (generator)", False, "generator"),
     ("l_f1", "L_F1 (margin hinge)", False, "m_f"),
     ("l_f2", "L_F2 (ID feature drift)", False, "m_f"),
-    ("acc_after", "Acc (test)", False, "m_f"),
+    ("acc_after", "Acc (test, %)", False, "m_f"),
     ("kl_test", "KL_test (log)", True, "m_f"),
     ("ood_agreement", "OOD top-1 agreement", False, "ood"),
 )
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+ACC_SPAN = 2.0  # points: the smallest height of the accuracy axis
 
 
 def curves(histories: dict[str, list[dict]], style: str = "screen", height: int = 460) -> go.Figure:
@@ -285,16 +293,24 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
         dash = DASHES[k % len(DASHES)]
         for i, (key, title, log, role) in enumerate(CURVES):
             pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None and not (log and h[key] <= 0)]
+            if key == "acc_after":
+                pts = [(e, 100 * v) for e, v in pts]  # in points: a 0.1-point dip reads as 0.1, not as a crash
             row, col = divmod(i, 3)
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                      name=name, legendgroup=name, showlegend=(i == 0 and len(histories) > 1),
                                      line=dict(color=t["roles"][role], width=t["line_width"], dash=dash),
                                      marker=dict(size=t["marker_size"] + 1)), row=row + 1, col=col + 1)
             if key == "acc_after" and k == 0 and history:
-                fig.add_hline(y=history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
+                fig.add_hline(y=100 * history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
                               annotation_text="M_R", row=row + 1, col=col + 1)
-            if log:
-                fig.update_yaxes(type="log", row=row + 1, col=col + 1)
+            if log:  # one tick per decade, written 10^-3
+                fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=row + 1, col=col + 1)
+    accs = [100 * h[key] for hist in histories.values() for h in hist for key in ("acc_after", "acc_before")
+            if h.get(key) is not None]
+    if accs:  # at least ACC_SPAN points tall, around the values: the scale never exaggerates a wobble
+        mid, half = (max(accs) + min(accs)) / 2, max(ACC_SPAN, max(accs) - min(accs) + 0.2) / 2
+        top = min(100.0, mid + half)
+        fig.update_yaxes(range=[top - 2 * half, top], row=2, col=1)
     fig.update_xaxes(title_text="epoch", row=2)
     return style_layout(fig, style, height, uirevision="curves")
 
@@ -357,9 +373,13 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
 
 def chart_config(fmt: str, width: int, height: int, scale: float, filename: str) -> dict:
     """Plotly's own toolbar camera: client-side PNG or SVG, needs nothing on the server."""
-    return {"displaylogo": False,
-            "toImageButtonOptions": {"format": fmt, "width": width, "height": height, "scale": scale,
-                                     "filename": filename}}
+    config = {"displaylogo": False,
+              "toImageButtonOptions": {"format": fmt, "width": width, "height": height, "scale": scale,
+                                       "filename": filename}}
+    if fmt != "png":  # the camera's tooltip is plotly.js's fixed text; a chart-local locale renames it
+        config.update(locale="en-advft", locales={"en-advft": {"dictionary": {
+            "Download plot as a png": f"Download plot as {fmt.upper()}", "Download plot": f"Download plot as {fmt.upper()}"}}})
+    return config
 
 
 def static_export_status() -> tuple[bool, str]:

@@ -9,12 +9,14 @@ The controller of the Attack page. It wires
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from app import views
 from app.jobs import ABANDON_AFTER_S
-from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task,
-                       protect_then_attack_task, sweep_task)
+from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task, clear_results,
+                       load_results, protect_then_attack_task, sweep_task)
 from core import figures
 from core.advft import PRESETS, ConfigError
 from core.attacks import AttackConfig, DefenceConfig
@@ -32,6 +34,14 @@ def device() -> str:
 
 
 # ---------------------------------------------------------------- figures
+
+
+def time_left(started: float, done: float) -> str:
+    """An estimate from the pace so far (the work's phases are of similar cost per unit of `done`)."""
+    if done <= 0.02:
+        return "estimating the time left…"
+    left = (time.time() - started) * (1 - done) / done
+    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
 
 
 def last_score(curve: list[dict]) -> str:
@@ -54,7 +64,8 @@ views.explain("A thief sends out-of-distribution images (KnockoffNets: natural p
 data_dir = str(views.data_dir())
 dev = device()
 holder = views.session_task()
-results: list[dict] = st.session_state.setdefault("attack_results", [])
+results_dir = views.runs_dir() / ".attacks"  # finished attacks and sweeps, shared by every tab (app/tasks.py)
+results, sweeps = load_results(results_dir)
 
 all_targets = attack_targets(views.runs_dir())
 # Plain widgets, not a form: "Protect & attack" below must use the settings on screen, not the last submitted.
@@ -109,7 +120,7 @@ msweep = s2.button("Margin sweep (toy)", disabled=busy, key="s_margins",
 
 
 def start(title: str, fn) -> None:
-    holder.replace(Task(title, fn, views.job_slots(), dev, ABANDON_AFTER_S).start())
+    holder.replace(Task(title, fn, views.job_slots(), dev, ABANDON_AFTER_S, results_dir).start())
     st.rerun()
 
 
@@ -149,20 +160,25 @@ def live() -> None:
                      "(one job at a time on a CPU machine).")
     elif v.state == "running":
         p = v.progress or {}
+        title = views.plain(v.title)
         if not p:  # the task is loading its target and data; the attack has not reported yet
-            head[0].progress(0.0, text=f"**{v.title}**: starting")
+            head[0].progress(0.0, text=f"**{title}**: loading the target and the transfer data · "
+                                       f"{time.time() - v.started:.0f} s")
         else:
-            head[0].progress(min(1.0, p["done"]),
-                             text=f"**{v.title}**: {p['phase']} · {p['queries']:,} / {p['budget']:,} queries · "
-                                  + last_score(p["curve"]))
+            text = f"**{title}**: {p['phase']}"
+            if p.get("queries"):
+                text += f" · {p['queries']:,} / {p['budget']:,} queries · " + last_score(p.get("curve") or [])
+            head[0].progress(min(1.0, p["done"]), text=text + " · " + time_left(v.started, p["done"]))
     elif v.state == "failed":
         head[0].error(f"**{views.plain(v.title)}** failed: {views.plain(v.message)}")
+    elif v.state == "stopped":
+        head[0].info(f"**{views.plain(v.title)}**: {views.plain(v.message or 'stopped')}")
     else:
-        head[0].success(f"**{v.title}**: {v.state}")
+        head[0].success(f"**{views.plain(v.title)}**: {v.state} in {time.time() - v.started:.0f} s")
     if v.active and head[1].button("Stop", key="a_stop", icon=":material/stop:"):
         task.stop()
     if v.notes:
-        st.caption(" · ".join(v.notes[-4:]))
+        st.caption(views.plain(" · ".join(v.notes[-4:])))
     finished_curves = {f"{r['target']} ({r['defence']}, {r['attack']})": r["curve"] for r in results[-5:] if r.get("curve")}
     if v.active and v.progress and v.progress.get("curve"):
         finished_curves = {**finished_curves, "running": v.progress["curve"]}
@@ -171,20 +187,8 @@ def live() -> None:
                         config=export.config("attack-curve"))
         views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
                       "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
-    if not v.active and v.value is not None and not task.collected:
-        task.collected = True  # on the task, not in session_state: a rerun must never add it twice
-        collect(v.value)
-        st.rerun()
-    elif not v.active and busy:
-        st.rerun()  # the job ended: flip the buttons back on
-
-
-def collect(value) -> None:
-    """A finished task's value: a table row (attacks) or a sweep report (sweeps)."""
-    if isinstance(value, dict) and "rows" in value:
-        st.session_state.attack_sweeps = [*st.session_state.get("attack_sweeps", []), value]
-    elif isinstance(value, dict):
-        results.append(value)
+    if not v.active and busy:
+        st.rerun()  # the task ended: its saved result joins the table, the buttons come back on
 
 
 live()
@@ -195,8 +199,10 @@ if results:
               if r["defence"] == "none" and r["target"].startswith("original")}
     table = [{"target": r["target"], "defence": r["defence"], "attack": f"{r['attack']} ({r['labels']})",
               "Acc_MR": r["Acc_MR"], "Acc_MS before": before.get((r["attack"], r["labels"], r["Q"])), "Q": r["Q"],
-              "m": r["m"], "N": r["N"], "Acc_MF": r["Acc_MF"], "Acc_MS after": r["Acc_MS"],
-              "KL_test": r["KL_test"], "status": r["status"]} for r in results]
+              "m": "-" if r["m"] is None else f"{r['m']:g}", "N": "-" if r["N"] is None else str(r["N"]),
+              "Acc_MF": r["Acc_MF"], "Acc_MS after": r["Acc_MS"],
+              "KL_test": 0.0 if abs(r["KL_test"]) < 1e-12 else r["KL_test"],  # float noise of an identical model
+              "status": r["status"]} for r in results]
     st.dataframe(table, hide_index=True, column_config={
         k: st.column_config.NumberColumn(format="%.4f") for k in ("Acc_MR", "Acc_MS before", "Acc_MF", "Acc_MS after")
     } | {"KL_test": st.column_config.NumberColumn(format="%.2e")})
@@ -204,13 +210,13 @@ if results:
                   "what honest users get from the target behind its defence, against the original M_R.")
     views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in results],
                             "attack_results")
-    if st.button("Clear results", key="a_clear"):
-        results.clear()
+    if st.button("Clear results", key="a_clear", help="Deletes the saved results of every tab"):
+        clear_results(results_dir)
         st.rerun()
 else:
-    st.caption("No finished attacks in this session yet.")
+    st.caption("No finished attacks yet.")
 
-for i, report in enumerate(st.session_state.get("attack_sweeps", [])):
+for i, report in enumerate(sweeps[-3:]):
     if not report["rows"]:
         continue
     x = "epoch" if "epoch" in report["rows"][0] else "margin"

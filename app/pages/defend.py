@@ -185,8 +185,17 @@ def reset() -> None:
 
 
 def _job_for(ui: UIState) -> Job | None:
+    """The live job of the run on screen: this session's, or one that a reloaded or second tab of the
+    same run left running (it is adopted: its status, controls and frames show here)."""
     job = session_job().job
-    return job if job is not None and ui.run == job.spec.run_dir.name else None
+    if job is not None and isinstance(job, Job) and ui.run == job.spec.run_dir.name:
+        return job
+    if ui.run:
+        live = job_slots().job_for(views.runs_dir() / ui.run)
+        if live is not None and live.view().active:
+            session_job().adopt(live)
+            return live
+    return None
 
 
 # ---------------------------------------------------------------- the live area
