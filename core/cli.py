@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .advft import AdvFTConfig, ConfigError, MAX_EPOCHS, PRESETS, TrainingDiverged, preset_config
@@ -269,63 +269,130 @@ def cmd_attack(a) -> int:
     return 0
 
 
+def _portable(path: str | None) -> str | None:
+    """A committed victim's name as it is; any other path made absolute, so cells running elsewhere
+    (a Ray worker's folder, another node with the same checkout) read the same file."""
+    from .training import committed_victims
+
+    if path is None or path in committed_victims():
+        return path
+    return str(Path(path).resolve())
+
+
 def _experiment_setup(a):
-    """(out, device, attack config, victim name, victim, its data) for `table` and `sweep`."""
+    """(out, device, attack config, victim name, victim, its data, executor) for `table` and `sweep`.
+
+    The victim and its data are checked here, before any cell runs, so a bad --victim is one line and
+    exit status 2. With --executor ray the cells run on the workers' devices: this check runs on this
+    machine's CPU, which may have no GPU."""
+    from .grid import LocalExecutor, make_executor
     from .training import load_victim
 
     out = _writable_folder(a.out)
-    device = pick_device(a.device)
+    if a.executor == "ray":
+        if a.device.split(":")[0] not in ("auto", "cpu", "cuda"):
+            raise CLIError(f"--device with --executor ray: auto, cpu or cuda (got '{a.device[:40]}')")
+        device = pick_device("cpu")
+    else:
+        device = pick_device(a.device)
+    executor = make_executor(a.executor, a.ray_address)  # a missing Ray is said here, before any work
     attack = attack_config(a)
-    victim_name = a.victim or PRESETS[a.preset]["victim"]
-    return (out, device, attack, victim_name, *load_victim(victim_name, a.data_dir, device))
+    if attack.transfer.endswith(".npz"):
+        attack = replace(attack, transfer=str(Path(attack.transfer).resolve()))
+    victim_name = _portable(a.victim or PRESETS[a.preset]["victim"])
+    victim, data = load_victim(victim_name, a.data_dir, device)
+    if isinstance(executor, LocalExecutor):
+        executor.victims[victim_name] = (victim, data)  # loaded once, for every cell
+    return out, device, attack, victim_name, victim, data, executor
+
+
+def _run_cells(a, cells, out, device, executor):
+    """The grid with a progress bar of cells (done / running / failed of total, time left) on stderr."""
+    from tqdm import tqdm
+
+    from .experiments import run_cell
+    from .grid import run_grid
+
+    bar = _progress(len(cells), f"{a.command} cells", "cell")
+
+    def note(line: str) -> None:
+        tqdm.write(line, file=sys.stderr)
+
+    def progress(p) -> None:
+        if p.skipped and not bar.disable and not bar.n:  # cells done by an earlier run do not count towards the rate
+            bar.initial = bar.n = p.skipped
+        bar.update(p.done + p.failed - bar.n)
+        bar.set_postfix(running=p.running, failed=p.failed)
+
+    try:
+        result = run_grid(cells, out, run_cell, executor, data_dir=a.data_dir,
+                          device=device if a.executor == "local" else a.device, retries=a.retries, note=note,
+                          progress=progress)
+    finally:
+        bar.close()
+    if result.failed:
+        _note(f"{len(result.failed)} of {len(cells)} cells failed ({', '.join(result.failed)}); their rows say why. "
+              f"Run the same command again to retry only them.")
+    return result
+
+
+def _where(a, device, result) -> str:
+    if a.executor == "local":
+        return describe(device)
+    devices = sorted({r["device"] for r in result.records.values() if r.get("device")})
+    return f"Ray ({', '.join(devices) or 'no cell ran'})"
 
 
 def cmd_table(a) -> int:
     from . import figures
-    from .experiments import attack_table, format_table, write_experiment
+    from .experiments import format_table, plottable, table_cells, table_report, write_experiment
 
-    out, device, attack, victim_name, victim, data = _experiment_setup(a)
+    out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
     protected = None
     if a.protected:
-        protected = load_model(a.protected, device)
-        if (protected.arch, protected.dataset) != (victim.arch, victim.dataset):
-            raise CheckpointError(f"'{a.protected}' is a {protected.arch} on {protected.dataset}, "
+        model = load_model(a.protected, "cpu")
+        if (model.arch, model.dataset) != (victim.arch, victim.dataset):
+            raise CheckpointError(f"'{a.protected}' is a {model.arch} on {model.dataset}, "
                                   f"the victim a {victim.arch} on {victim.dataset}")
-    elif (out / "advft" / "config.json").exists():
-        raise CLIError(f"'{out / 'advft'}' already holds an AdvFT run; choose another --out or pass --protected "
-                       f"{out / 'advft' / 'model.pt'}")
+        protected = _portable(a.protected)
+    cells = table_cells(victim_name, attack, None if protected else advft_config(a), protected)
     t0 = time.perf_counter()
-    report = attack_table(victim, data, attack, None if protected is not None else advft_config(a), protected,
-                          data_dir=a.data_dir, advft_out=None if protected is not None else out / "advft",
-                          victim_name=victim_name, note=_note)
-    report.update({"victim": victim_name, "protected": a.protected, "device": describe(device),
-                   "seconds": round(time.perf_counter() - t0, 1)})
+    result = _run_cells(a, cells, out, device, executor)
+    report = table_report(cells, result, dataset=data.name, victim_arch=victim.arch)
+    report.update({"victim": victim_name, "protected": a.protected, "device": _where(a, device, result),
+                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1)})
     markdown = format_table(report["rows"])
-    for line in write_experiment(out, "table", report, figures.table_figure(report), markdown):
+    for line in write_experiment(out, "table", report, figures.table_figure(plottable(report)), markdown):
         _note(line)
     print(markdown)
-    return 0
+    return 1 if result.failed else 0
 
 
 def cmd_sweep(a) -> int:
     from . import figures
-    from .experiments import epoch_sweep, margin_sweep, write_experiment
+    from .experiments import epoch_cells, epoch_report, margin_cells, margin_report, plottable, write_experiment
 
-    out, device, attack, victim_name, victim, data = _experiment_setup(a)
+    out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
     advft = advft_config(a)
-    t0 = time.perf_counter()
     if a.kind == "epochs":
-        report = epoch_sweep(victim, data, advft, attack, out, a.at, a.data_dir, victim_name, _note)
+        cells = epoch_cells(victim_name, advft, attack, a.at)
     else:
-        report = margin_sweep(victim, data, advft, attack, a.margins, out, a.data_dir, victim_name, _note)
-    report.update({"victim": victim_name, "device": describe(device), "seconds": round(time.perf_counter() - t0, 1)})
+        cells = margin_cells(victim_name, advft, attack, a.margins)
+    t0 = time.perf_counter()
+    result = _run_cells(a, cells, out, device, executor)
+    if a.kind == "epochs":
+        report = epoch_report(cells, result, advft, attack, data.name)
+    else:
+        report = margin_report(cells, result, advft, attack, data.name)
+    report.update({"victim": victim_name, "device": _where(a, device, result), "executor": a.executor,
+                   "seconds": round(time.perf_counter() - t0, 1)})
     name = f"sweep_{a.kind}"
-    figure = figures.sweep_figure(report, "epoch" if a.kind == "epochs" else "margin")
+    figure = figures.sweep_figure(plottable(report), "epoch" if a.kind == "epochs" else "margin")
     for line in write_experiment(out, name, report, figure):
         _note(line)
     for r in report["rows"]:
         print(json.dumps(r))
-    return 0
+    return 1 if result.failed else 0
 
 
 def cmd_bench(a) -> int:
@@ -439,6 +506,13 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--at", type=_csv_epochs, help="epochs to attack after, e.g. 0,1,2,4,6 (default: every epoch)")
             e.add_argument("--margins", type=_csv_floats, default=[1.0, 3.0, 10.0, 30.0], help="margins for --kind margin")
             e.set_defaults(func=cmd_sweep)
+        e.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: the cells one after another in this process (default); ray: each cell a "
+                            "task on a Ray cluster (pip install -r requirements-ray.txt)")
+        e.add_argument("--ray-address", help="with --executor ray: auto (the cluster `ray start` made this machine "
+                                             "part of), ray://HOST:10001 (Ray Client), or omitted: a local cluster")
+        e.add_argument("--retries", type=_int_range(0, 10), default=1,
+                       help="times a failed cell is run again before it is recorded failed (default %(default)s)")
     return p
 
 

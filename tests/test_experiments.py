@@ -15,7 +15,7 @@ TINY_ATTACK = AttackConfig(attack="knockoff", queries=400, epochs=2, rounds=1, e
 def test_table_rows_columns_and_files(victim, mnist_small, data_dir, tmp_path):
     notes = []
     report = attack_table(victim, mnist_small, TINY_ATTACK, tiny_config(margin=5.0), defence=DefenceConfig(am_steps=20),
-                          data_dir=data_dir, advft_out=tmp_path / "advft", note=notes.append)
+                          data_dir=data_dir, out=tmp_path, note=notes.append)
     rows = {r["method"]: r for r in report["rows"]}
     assert list(rows) == ["AdvFT", "DP", "AM", "none"] and all(set(TABLE_COLUMNS) <= set(r) for r in rows.values())
     acc_mr = rows["none"]["acc_mr"]
