@@ -22,9 +22,16 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-g
 # A page's Fig. 5 panels are drawn when the first Plotly chart holds its traces (rays, classes, OOD, G(z)).
 FIG5_DRAWN = ("() => { const e = document.querySelector('.js-plotly-plot');"
               " return !!(e && e.data && e.data.length > 10); }")
-# The M_F panel's points: the second half of the first chart's traces, as one string to compare.
+# The M_F panel's points (its traces carry meta 'now:<role>'), as one string to compare.
 MF_POINTS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
-             " const d = e.data; return JSON.stringify(d.slice(d.length / 2).map(t => [t.x, t.y])); }")
+             " return JSON.stringify(e.data.filter(t => (t.meta || '').startsWith('now:')).map(t => [t.x, t.y])); }")
+# The zoom panel's OOD crosses in screen pixels (data coordinates through the drawn axis scale).
+ZOOM_OOD_PIXELS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
+                   " const t = (e._fullData || []).find(t => t.meta === 'zoom:ood'); const L = e._fullLayout;"
+                   " if (!t || !L.xaxis3) return null;"
+                   " const sx = L.xaxis3._length / (L.xaxis3.range[1] - L.xaxis3.range[0]);"
+                   " const sy = L.yaxis3._length / (L.yaxis3.range[1] - L.yaxis3.range[0]);"
+                   " return Array.from(t.x).map((x, i) => [x * sx, t.y[i] * sy]); }")
 
 
 def free_port() -> int:

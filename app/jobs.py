@@ -14,19 +14,25 @@ reads them between steps, so a click takes effect within one step (a few ms to t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import io
 import os
+import subprocess
+import sys
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from multiprocessing.connection import Connection
 from typing import Callable
 
 import torch
 
-from core.advft import AdvFTConfig, ConfigError, TrainingDiverged
+from core.advft import AdvFTConfig, ConfigError, Snapshot, TrainingDiverged
 from core.attacks import BudgetExhausted
 from core.data import DataError
 from core.device import describe
@@ -34,6 +40,7 @@ from core.models import CheckpointError
 from core.runs import RunError
 from core.training import RecordedRun, drive, one_line
 
+ROOT = Path(__file__).resolve().parent.parent  # where `python -m app.worker` finds the app and core
 PUBLISH_EVERY_S = 0.4    # snapshot() costs ~50 ms; more often would slow training noticeably
 # Work whose page stopped asking for its view this long ago is stopped (its tab was closed): the
 # pages poll every 0.5-2 s while work is active, and Streamlit itself only notices a closed tab
@@ -101,6 +108,20 @@ class JobSlots:
         return next((w for w in works if isinstance(w, Job) and w.spec.run_dir.resolve() == target), None)
 
 
+_LIVE: "weakref.WeakSet[Background]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    """Stop and join every live worker thread before the interpreter goes away: a daemon thread still
+    inside a torch operation at exit aborts the process ("terminate called without an active exception")."""
+    works = list(_LIVE)
+    for work in works:
+        work.stop()
+    for work in works:
+        work.thread.join(timeout=30)
+
+
 class Background:
     """One piece of work in its own thread: waits for a slot, runs `_work()`, publishes a view.
     Subclasses set `_view` to a frozen dataclass with `state`, `message` and `place` fields.
@@ -118,6 +139,7 @@ class Background:
         self.thread = threading.Thread(target=self._main, daemon=True, name=name)
 
     def start(self):
+        _LIVE.add(self)
         self.thread.start()
         return self
 
@@ -215,120 +237,328 @@ class JobView:
         return self.state in ACTIVE
 
 
+@dataclass
+class Worker:
+    """A training process (`python -m app.worker`) and the two pipes to it."""
+
+    process: subprocess.Popen
+    commands: Connection   # to the child
+    messages: Connection   # from the child
+
+    @classmethod
+    def start(cls) -> "Worker":
+        commands_r, commands_w = os.pipe()
+        messages_r, messages_w = os.pipe()
+        threads = max(1, (os.cpu_count() or 2) - 1)  # the other core serves the page (CPU jobs)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.worker", *map(str, (commands_r, messages_w, os.getpid(), threads))],
+            pass_fds=(commands_r, messages_w), cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        os.close(commands_r)  # the child's ends: only the child holds them now
+        os.close(messages_w)
+        return cls(process, Connection(commands_w, readable=False), Connection(messages_r, writable=False))
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(30)
+        self.commands.close()
+        self.messages.close()
+
+
+class WorkerPool:
+    """Keeps one spare training process waiting with torch and the engine already imported (~2-3 s
+    on a 2-core CPU), so that Start shows a first frame that much sooner."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._spare: Worker | None = None
+
+    def take(self) -> Worker:
+        with self._lock:
+            worker, self._spare = self._spare, None
+            if worker is None or worker.process.poll() is not None:
+                worker = Worker.start()
+            self._spare = Worker.start()  # for the next job; imports while this one trains
+        return worker
+
+    def close(self) -> None:
+        with self._lock:
+            if self._spare is not None:
+                self._spare.close()
+                self._spare = None
+
+
+WORKERS = WorkerPool()
+atexit.register(WORKERS.close)
+
+
 class Job(Background):
+    """An AdvFT run in its own process, driven from the page.
+
+    Training runs in a child process (`python -m app.worker`: a fresh interpreter, nothing shared with
+    the server's threads; not multiprocessing's 'spawn', which re-runs the parent's main script, here
+    the Streamlit page), so it has its own GIL and the cores the page does not need, and the page
+    never waits for a training step. A spare process waits ready (WorkerPool). The server keeps only this relay: a thread that holds the queue
+    slot, forwards commands down a pipe and turns what comes back (view changes and frames: a few tens of
+    KB, at most a few times a second) into the JobView the page reads. A pipe rather than the run folder
+    for the live frames: no file polling, a click reaches the trainer in milliseconds; the child also
+    writes every frame to the run folder for the timeline and replays. The child notices within half a
+    second that the server is gone, however it died, and exits."""
+
+    STOP_GRACE_S = 60.0  # a stop ends the run at its next step; a child that does not comply is killed
+
     def __init__(self, spec: JobSpec, slots: JobSlots, abandon_after: float | None = None):
         super().__init__(f"advft-{spec.run_dir.name}", slots, spec.device, abandon_after)
         self.spec = spec
         self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
-        self._playing = not spec.start_paused
-        self._until_epoch_end = False
-        self._requests: deque[str] = deque()   # "step" | "g" | "f"
-        self._slow = False
-        self._announced = ""                   # the state last written to the run folder (by the thread)
-        self._run: RecordedRun | None = None
-        self._last_publish = 0.0
+        self._send_lock = threading.Lock()
+        self._pending: list = []                # commands given before the job has its process
+        self.worker: Worker | None = None
 
     # ------------------------------------------------------------ commands (any thread)
     def play(self) -> None:
-        self._command(playing=True)
+        self._command("play", state="running")
 
     def pause(self) -> None:
-        self._command(playing=False)
+        self._command("pause", state="paused")
 
     def step(self, kind: str = "step") -> None:
         """kind: 'step' (the next step of Algorithm 1), 'g' or 'f' (one extra G or M_F update),
         'epoch' (to the end of the current epoch, then pause)."""
-        with self._cond:
-            self._playing = False
-            if kind == "epoch":
-                self._until_epoch_end = True
-            else:
-                self._requests.append(kind)
-            self._cond.notify_all()
+        self._send(("step", kind))
 
     def set_slow_motion(self, slow: bool) -> None:
-        with self._cond:
-            self._slow = slow
-            self._view = replace(self._view, slow=slow)
+        self._send(("slow", slow))
+        self._publish(slow=slow)
 
-    def _command(self, playing: bool) -> None:
+    def _command(self, command: str, state: str) -> None:
+        self._send((command,))
         with self._cond:
-            self._playing = playing
-            self._until_epoch_end = False
             if self._view.state in ("running", "paused"):
-                # Shown at once: no new step starts after this (the one in flight ends within ms).
-                self._view = replace(self._view, state="running" if playing else "paused")
-            self._cond.notify_all()
+                # Shown at once: the child starts no new step after it reads this (within one step).
+                self._view = replace(self._view, state=state)
 
-    # ------------------------------------------------------------ the thread
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.worker.process if self.worker else None
+
+    def _send(self, message) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # a child that is gone: nothing to tell
+            if self.worker is None:
+                self._pending.append(message)
+            else:
+                self.worker.commands.send(message)
+
+    # ------------------------------------------------------------ the relay thread
+    def _relay(self, timeout: float) -> bool:
+        """Apply the child's messages that arrive within `timeout`; True if one was a final state."""
+        final = False
+        try:
+            while self.worker.messages.poll(timeout):
+                timeout = 0
+                kind, changes = self.worker.messages.recv()
+                if changes.get("state") in ("finished", "stopped", "failed"):
+                    final = True
+                if changes.get("state") == "stopped":
+                    changes["message"] = f"{self._stop_reason()}; every finished epoch is saved"
+                if kind == "frame":
+                    snap = torch.load(io.BytesIO(changes["snapshot"]), map_location="cpu", weights_only=True)
+                    changes = {**changes, "snapshot": Snapshot.from_dict(snap), "version": self._view.version + 1}
+                self._publish(**changes)
+        except (EOFError, OSError):  # the child closed its end: it is exiting
+            pass
+        return final
+
     def _cancelled(self) -> None:
         if not self.spec.resume:  # the folder new_run_dir reserved for it stays empty: remove it
             with contextlib.suppress(OSError):
                 self.spec.run_dir.rmdir()
 
     def _work(self) -> None:
+        self._publish(state="preparing", message="starting the training process")
+        worker = WORKERS.take()
+        with self._send_lock:
+            worker.commands.send(("spec", self.spec))
+            for message in self._pending:
+                worker.commands.send(message)
+            self.worker = worker
+        stop_sent = None
+        final = False
+        try:
+            while True:
+                if self.should_stop() and stop_sent is None:
+                    self._send(("stop", "its page was closed" if self.abandoned else ""))
+                    stop_sent = time.monotonic()
+                if stop_sent is not None and time.monotonic() - stop_sent > self.STOP_GRACE_S:
+                    worker.process.kill()
+                alive = worker.process.poll() is None  # read before draining: what it sent is in the pipe
+                final = self._relay(0.1) or final
+                if not alive:
+                    final = self._relay(0) or final  # the last messages of a process that has just ended
+                    break
+        finally:
+            worker.close()  # kills it only if the relay itself failed: no child is left behind
+        if not final:  # killed, out of memory, a crash: the run folder says 'interrupted' and can resume
+            self._publish(state="failed", message=f"the training process ended unexpectedly (exit code "
+                                                  f"{self.process.returncode}); the run can be resumed")
+
+
+# ---------------------------------------------------------------- the child process
+
+
+def child_main(commands_fd: int, messages_fd: int, parent_pid: int, threads: int) -> None:
+    """The training process (`python -m app.worker`): the one run protocol (core.training.drive) under
+    the page's control policy. It may wait as a spare (WorkerPool) until its first command, the JobSpec."""
+    _die_with_parent(parent_pid)
+    commands = Connection(commands_fd, writable=False)
+    conn = _Duplex(commands, Connection(messages_fd, readable=False))
+    try:
+        kind, spec = commands.recv()
+    except (EOFError, OSError):  # a spare that was never used: the server closed its pipe
+        return
+    if spec.device == "cpu":
+        torch.set_num_threads(threads)
+    runner = _Runner(spec, conn)
+    try:
+        runner.run()
+    except BaseException as e:  # recorded in the run folder by drive(); said to the page here
+        if not isinstance(e, USER_ERRORS):
+            traceback.print_exc()  # the server's log gets the details, the page one line
+        runner.send("view", state="failed", message=one_line(e))
+    finally:
+        conn.close()
+
+
+class _Duplex:
+    """Commands in, messages out: one object with the Connection methods the runner uses."""
+
+    def __init__(self, commands: Connection, messages: Connection):
+        self.commands, self.messages = commands, messages
+        self.poll, self.recv, self.send = commands.poll, commands.recv, messages.send
+
+    def close(self) -> None:
+        self.commands.close()
+        self.messages.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Exit as soon as the server is gone, even killed by SIGKILL: an orphan is adopted by another
+    process, which changes getppid(). (Not prctl(PR_SET_PDEATHSIG): it fires when the *thread* that
+    started the process ends, and spare workers outlive the thread that started them.)"""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+class _Runner:
+    """The control policy of a live job, in the child: play / pause / single steps / slow motion.
+    drive() asks `next_action` what to do and reports through `on_step`."""
+
+    def __init__(self, spec: JobSpec, conn):
+        self.spec, self.conn = spec, conn
+        self.playing = not spec.start_paused
+        self.until_epoch_end = False
+        self.requests: deque[str] = deque()   # "step" | "g" | "f"
+        self.slow = False
+        self.stopping = False
+        self.stop_reason = ""
+        self.announced = ""                   # the state last written to the run folder
+        self.manual_steps = 0
+        self.run_: RecordedRun | None = None
+        self.last_sent = 0.0
+
+    def send(self, kind: str, **changes) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the server went away: nothing to tell
+            self.conn.send((kind, changes))
+
+    def _position(self) -> dict:
+        t = self.run_.trainer
+        return {"epoch": t.epoch, "g_done": t.g_done, "f_done": t.f_done, "phase": t.phase}
+
+    def _frame(self, frame, **changes) -> None:
+        # As bytes (torch.save), not as tensors: multiprocessing would pass tensors as shared memory that
+        # the receiver can no longer map once this process has exited (the last frame of a run was lost).
+        buf = io.BytesIO()
+        torch.save(frame.to_dict(), buf)
+        self.last_sent = time.perf_counter()
+        self.send("frame", snapshot=buf.getvalue(), **self._position(), **changes)
+
+    def _read(self, timeout: float) -> None:
+        """Apply the commands that arrived (waiting up to `timeout` for the first)."""
+        try:
+            while self.conn.poll(timeout):
+                timeout = 0
+                message = self.conn.recv()
+                if message[0] == "stop":
+                    self.stopping, self.stop_reason = True, message[1]
+                elif message[0] in ("play", "pause"):
+                    self.playing, self.until_epoch_end = message[0] == "play", False
+                elif message[0] == "slow":
+                    self.slow = message[1]
+                elif message[1] == "epoch":
+                    self.playing, self.until_epoch_end = False, True
+                else:
+                    self.playing = False
+                    self.requests.append(message[1])
+        except (EOFError, OSError):  # the server went away
+            self.stopping = True
+
+    def run(self) -> None:
         s = self.spec
-        self._publish(state="preparing", message="loading the victim and the data, scoring M_R")
-        self._run = run = RecordedRun.resume(s.run_dir, s.data_dir, s.device) if s.resume else \
+        self.send("view", state="preparing", message="loading the victim and the data, scoring M_R")
+        self.run_ = run = RecordedRun.resume(s.run_dir, s.data_dir, s.device) if s.resume else \
             RecordedRun.create(s.run_dir, s.victim, s.config, s.data_dir, s.device, s.preset)
         t = run.trainer
-        # The state stays 'preparing' until _next_action announces 'running' or 'paused'.
-        self._publish_frame(device=describe(t.device), epochs=t.config.epochs,
-                            message=f"data: {t.data.source}; OOD: {t.ood_source}")
-        status = drive(run, self._next_action, self._on_step)
+        self._frame(run.last_frame, device=describe(t.device), epochs=t.config.epochs,
+                    message=f"data: {t.data.source}; OOD: {t.ood_source}")
+        status = drive(run, self.next_action, self.on_step, lambda: self.stop_reason)
         if status == "stopped":
-            self._publish_frame(state="stopped", message=f"{self._stop_reason()}; every finished epoch is saved")
+            self._frame(t.snapshot(), state="stopped", message="stopped; every finished epoch is saved")
         else:
-            self._publish_frame(state="finished", message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
-                                                         f"OOD agreement {run.metrics['ood_agreement']:.2f}")
-
-    def _publish_frame(self, **changes) -> None:
-        t = self._run.trainer
-        snap = t.snapshot()  # outside the lock: ~50 ms
-        self._last_publish = time.perf_counter()
-        with self._cond:
-            self._view = replace(self._view, snapshot=snap, version=self._view.version + 1, epoch=t.epoch,
-                                 g_done=t.g_done, f_done=t.f_done, phase=t.phase, **changes)
+            self._frame(run.last_frame, state="finished",
+                        message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
+                                f"OOD agreement {run.metrics['ood_agreement']:.2f}")
 
     def _announce(self, state: str) -> None:
-        self._announced = state
-        self._run.set_state(state)
-        t = self._run.trainer
-        self._publish(state=state, epoch=t.epoch, g_done=t.g_done, f_done=t.f_done, phase=t.phase)
+        self.announced = state
+        self.run_.set_state(state)
+        self.send("view", state=state, **self._position())
 
-    def _next_action(self) -> str | None:
-        """drive()'s policy: 'step', 'g', 'f', or None to stop. Blocks (without spinning) while paused."""
+    def next_action(self) -> str | None:
         while True:
-            if self.should_stop():
+            self._read(0)
+            if self.stopping:
                 return None
-            with self._cond:
-                if self._requests:
-                    return self._requests.popleft()
-                playing = self._playing or self._until_epoch_end
-                if not playing and self._announced == "paused":
-                    self._cond.wait(0.5)
-                    continue
-            if not playing:
-                self._announce("paused")
+            if self.requests:
+                return self.requests.popleft()
+            if not (self.playing or self.until_epoch_end):
+                if self.announced != "paused":
+                    self._announce("paused")
+                self._read(0.5)  # wait for a command without spinning
                 continue
-            if self._announced != "running":
+            if self.announced != "running":
                 self._announce("running")
-            if self._slow:
-                self.stop_event.wait(SLOW_MOTION_S)  # one step, one visible frame
-                if self.stop_event.is_set():
+            if self.slow:
+                self._read(SLOW_MOTION_S)  # one step, one visible frame
+                if self.stopping:
                     return None
             return "step"
 
-    def _on_step(self, action: str, record: dict | None) -> None:
-        time.sleep(0)  # hand the GIL to the page's threads between steps
+    def on_step(self, action: str, record: dict | None) -> None:
+        run = self.run_
         if record is not None:
-            with self._cond:
-                self._until_epoch_end = False
-            self._publish_frame()
-        elif action in ("g", "f"):
-            self._publish_frame(manual_steps=self._view.manual_steps + 1)
-        elif self._slow or self._announced == "paused" or time.perf_counter() - self._last_publish >= PUBLISH_EVERY_S:
-            self._publish_frame()
+            self.until_epoch_end = False
+        if action in ("g", "f"):
+            self.manual_steps += 1
+            self._frame(run.trainer.snapshot(), manual_steps=self.manual_steps)
+        elif run.last_frame is not None and run.last_frame.step == run.trainer.steps_done:
+            self._frame(run.last_frame)  # drive() just wrote this frame to the run folder: show it live too
+        elif self.slow or self.announced == "paused" or time.perf_counter() - self.last_sent >= PUBLISH_EVERY_S:
+            self._frame(run.trainer.snapshot())
 
 
 def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:
@@ -364,7 +594,13 @@ class SessionJob:
             job.owner = self
 
     def stop(self) -> None:
-        """Replace, Reset, or on_release (the tab closed or its session expired): the job ends at its
-        next step, unless another session has adopted it since."""
+        """Replace or Reset: the job ends at its next step, unless another session has adopted it."""
         if self.job is not None and self.job.owner is self:
             self.job.stop()
+
+    def release(self) -> None:
+        """on_release: Streamlit drops the session the moment its tab disconnects, a reload included.
+        The job is not stopped here: with nobody reading its view it stops itself after its
+        abandon_after seconds, which leaves a reloaded tab the time to adopt it."""
+        if self.job is not None and self.job.abandon_after is None:
+            self.stop()  # work that cannot notice it was left alone

@@ -28,6 +28,8 @@ ACTIVE = ("queued", "running")
 TOY_ATTACK = {"attack": "knockoff", "labels": "soft", "queries": 5000, "epochs": 10}
 TOY_EPOCHS = (0, 1, 2, 4, 6)
 TOY_MARGINS = (1.0, 3.0, 10.0, 30.0)
+# Wall minutes of each toy sweep on the 2-core CPU of the README (bench: time_toy_sweeps in the closing note).
+TOY_MINUTES = {"epochs": 0, "margins": 0}
 
 
 @dataclass(frozen=True)

@@ -142,14 +142,14 @@ def job_slots() -> JobSlots:
     return JobSlots(default_max_jobs())
 
 
-@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+@st.cache_resource(scope="session", on_release=lambda s: s.release(), show_spinner=False)
 def session_job() -> SessionJob:
     """Per browser session: its training job (Defend). Stopped when the session ends, and sooner by
     the heartbeat (see `heartbeat`)."""
     return SessionJob()
 
 
-@st.cache_resource(scope="session", on_release=lambda s: s.stop(), show_spinner=False)
+@st.cache_resource(scope="session", on_release=lambda s: s.release(), show_spinner=False)
 def session_task() -> SessionJob:
     """Per browser session: its attack task (Attack page)."""
     return SessionJob()
@@ -170,6 +170,14 @@ def _beat() -> None:
     for holder in (session_job(), session_task()):
         if holder.job is not None:
             holder.job.view()
+
+
+@st.cache_resource(show_spinner=False)
+def device_label() -> str:
+    """Where jobs run, said once at start-up (a CPU job later narrows torch to 1 thread process-wide)."""
+    from core.device import describe, pick_device
+
+    return describe(pick_device("auto"))
 
 
 def data_dir() -> Path:
@@ -199,16 +207,18 @@ def dataset_problem(name: str, data_dir: str) -> str | None:
 # ---------------------------------------------------------------- run folders
 
 
-def read_snapshot(run: RunDir, epoch: int) -> Snapshot:
-    """RunError (a readable message) when the snapshot is gone or does not load."""
-    path = run.snapshot_path(epoch)
+def read_snapshot(run: RunDir, kind: str, index: int) -> Snapshot:
+    """kind 'epoch' (an epoch's snapshot) or 'frame' (the frame at a step). RunError (a readable
+    message) when it is gone or does not load."""
+    path = run.snapshot_path(index) if kind == "epoch" else run.frame_path(index)
     stamp = path.stat().st_mtime_ns if path.is_file() else 0
-    return _cached_snapshot(str(run.path), epoch, stamp)
+    return _cached_snapshot(str(run.path), kind, index, stamp)
 
 
-@st.cache_resource(max_entries=64, show_spinner=False)
-def _cached_snapshot(path: str, epoch: int, stamp: int) -> Snapshot:
-    return RunDir(Path(path)).load_snapshot(epoch)
+@st.cache_resource(max_entries=256, show_spinner=False)  # a replay walks through up to MAX_FRAMES
+def _cached_snapshot(path: str, kind: str, index: int, stamp: int) -> Snapshot:
+    run = RunDir(Path(path))
+    return run.load_snapshot(index) if kind == "epoch" else run.load_frame(index)
 
 
 # ---------------------------------------------------------------- downloads
@@ -229,6 +239,35 @@ def metrics_downloads(name: str, history: list[dict], key: str) -> None:
                        mime="text/csv", on_click="ignore", key=f"{key}_csv", icon=":material/download:")
     c2.download_button("Metrics JSON", lambda: json.dumps(history, indent=2), file_name=f"{name}-metrics.json",
                        mime="application/json", on_click="ignore", key=f"{key}_json", icon=":material/download:")
+
+
+def server_export(charts: dict, export: Export, name: str, key: str) -> None:
+    """Server-side PNG/SVG of any chart on the page, where Kaleido and a Chromium are available."""
+    ok, why = figures.static_export_status()
+    with st.expander("Server-side images of the charts"):
+        if not ok:
+            st.info(f"Not available on this machine: {why}.")
+            return
+        if not charts:
+            st.caption("No chart drawn yet.")
+            return
+        st.caption(f"Renders on the server with {why} at the Export settings; takes a few seconds.")
+        chosen = st.selectbox("Chart", list(charts), key=f"{key}_export_pick")
+        if st.button("Render PNG and SVG", key=f"{key}_render"):
+            try:
+                st.session_state[f"{key}_static"] = (chosen, {
+                    fmt: figures.render_static(charts[chosen], fmt, export.width, export.height, export.scale)
+                    for fmt in ("png", "svg")})
+            except Exception as e:  # Kaleido/Chromium failures are environment problems, not bugs here
+                st.error(f"Server-side rendering failed: {plain(str(e).splitlines()[0][:200])}")
+        done = st.session_state.get(f"{key}_static")
+        if done:
+            what, files = done
+            stem = f"{name}-{what.replace(' ', '-').replace('.', '')}"
+            c1, c2 = st.columns(2)
+            c1.download_button(f"Download PNG ({what})", files["png"], f"{stem}.png", "image/png", on_click="ignore")
+            c2.download_button(f"Download SVG ({what})", files["svg"], f"{stem}.svg", "image/svg+xml",
+                               on_click="ignore")
 
 
 # ---------------------------------------------------------------- plots with their explanations

@@ -202,9 +202,10 @@ class Snapshot:
     gen_images: torch.Tensor      # uint8 (n, C, H, W)
     head: torch.Tensor            # the frozen last layer's weight: class directions
     history: tuple[dict, ...]     # one record per finished epoch, epoch 0 first
+    step: int = 0                 # scheduled steps of Algorithm 1 done since the start (frames are keyed by it)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "labels": self.labels, "gen_images": self.gen_images, "head": self.head,
+        return {"epoch": self.epoch, "step": self.step, "labels": self.labels, "gen_images": self.gen_images, "head": self.head,
                 "history": [dict(h) for h in self.history],
                 **{f"{which}_{role}": getattr(getattr(self, which), role)
                    for which in ("before", "after") for role in ("id", "ood", "gen")}}
@@ -216,7 +217,7 @@ class Snapshot:
             d = {**d, "labels": d["id_labels"], **{f"{new}_{role}": d[f"{role}_{old}"]
                                                    for new, old in (("before", "ref"), ("after", "now"))
                                                    for role in ("id", "ood", "gen")}}
-        return cls(epoch=int(d["epoch"]), labels=d["labels"],
+        return cls(epoch=int(d["epoch"]), step=int(d.get("step", 0)), labels=d["labels"],
                    before=Features(d["before_id"], d["before_ood"], d["before_gen"]),
                    after=Features(d["after_id"], d["after_ood"], d["after_gen"]),
                    gen_images=d["gen_images"], head=d["head"], history=tuple(d["history"]))
@@ -403,7 +404,13 @@ class AdvFT:
             gen_images=(gen.cpu().clamp(0, 1) * 255).round().to(torch.uint8),
             head=self.model.head.weight.detach().cpu().clone(),
             history=tuple(dict(h) for h in self.history),
+            step=self.steps_done,
         )
+
+    @property
+    def steps_done(self) -> int:
+        """Scheduled steps done since the start of the run (extra G/F updates not counted)."""
+        return self.epoch * (self.config.i_g + self.config.i_f) + self.g_done + self.f_done
 
     # ------------------------------------------------------------ save / resume
     def state_dict(self) -> dict:

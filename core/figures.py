@@ -201,17 +201,55 @@ def _square_axes(fig, ranges: Ranges, n: int) -> None:
                                                     scaleratio=1, constrain="domain")})
 
 
+ZOOM = 2.0  # the zoom panel spans M_R's OOD extent times this: room to see the first steps of the drift
+
+
+def zoom_ranges(snapshot: Snapshot, proj: Projection) -> Ranges:
+    """Fixed axes around where M_R puts the OOD probes (near the origin for a 2-D LeNet, while the ID
+    classes reach out along their rays): the drift of the first F steps is visible there at once."""
+    ood = panel_points(snapshot, proj, "before").ood
+    lo, hi = ood.min(0), ood.max(0)
+    centre, half = (lo + hi) / 2, (hi - lo).max() / 2 * ZOOM + 1e-6
+    return Ranges((centre[0] - half, centre[0] + half), (centre[1] - half, centre[1] + half), [])
+
+
+def _zoom_points(fig, before: Points, after: Points, style: str, col: int) -> None:
+    """M_R's OOD positions (faint, fixed) under M_F's OOD crosses and G(z) stars (tag 'zoom')."""
+    t, mk = theme(style), theme(style)["markers"]
+    size = t["marker_size"]
+    fig.add_trace(go.Scatter(x=before.ood[:, 0], y=before.ood[:, 1], mode="markers", name="OOD under M_R",
+                             hoverinfo="skip", showlegend=False,
+                             marker=dict(color=t["roles"]["m_r"], size=size, symbol="circle-open", opacity=0.35)),
+                  row=1, col=col)
+    fig.add_trace(go.Scatter(x=after.gen[:, 0], y=after.gen[:, 1], mode="markers", name="G(z)", showlegend=False,
+                             meta="zoom:gen", marker=dict(color=t["roles"]["generator"], size=size * 1.8,
+                                                          symbol=mk["generator"], opacity=0.85)), row=1, col=col)
+    fig.add_trace(go.Scatter(x=after.ood[:, 0], y=after.ood[:, 1], mode="markers", name="OOD", showlegend=False,
+                             meta="zoom:ood", marker=dict(color=t["roles"]["ood"], size=size, symbol=mk["ood"],
+                                                          opacity=0.55, line=dict(width=max(1, size / 5)))),
+                  row=1, col=col)
+
+
 def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, style: str = "screen",
-                now_title: str | None = None, height: int = 480) -> go.Figure:
-    """M_R (before) | M_F (now): the paper's Fig. 5, same fixed axes on both sides."""
+                now_title: str | None = None, height: int = 480, zoom: bool = True) -> go.Figure:
+    """M_R (before) | M_F (now), the paper's Fig. 5 on the same fixed axes; with `zoom`, a third panel on
+    fixed axes around where the OOD probes start, where M_F's first steps already show."""
     t = theme(style)
     now_title = now_title or f"M_F, epoch {snapshot.epoch}"
     # M_R itself never changes, but its G(z) stars do: they are M_R's view of the generator's current samples.
-    fig = make_subplots(1, 2, subplot_titles=("M_R (before AdvFT; ★ = today's G(z))", now_title),
-                        horizontal_spacing=0.06)
-    _add_points(fig, panel_points(snapshot, proj, "before"), 1, 1, style, classes, ranges, legend=True)
-    _add_points(fig, panel_points(snapshot, proj, "after"), 1, 2, style, classes, ranges, legend=False, tag="now")
+    titles = ["M_R (before AdvFT; ★ = today's G(z))", now_title] + (["M_F, zoom on the OOD start"] if zoom else [])
+    fig = make_subplots(1, len(titles), subplot_titles=titles, horizontal_spacing=0.05,
+                        column_widths=[0.38, 0.38, 0.24] if zoom else None)
+    before, after = panel_points(snapshot, proj, "before"), panel_points(snapshot, proj, "after")
+    _add_points(fig, before, 1, 1, style, classes, ranges, legend=True)
+    _add_points(fig, after, 1, 2, style, classes, ranges, legend=False, tag="now")
     _square_axes(fig, ranges, 2)
+    if zoom:
+        _zoom_points(fig, before, after, style, 3)
+        z = zoom_ranges(snapshot, proj)
+        fig.update_layout(xaxis3=dict(range=list(z.x), constrain="domain"),
+                          yaxis3=dict(range=list(z.y), scaleanchor="x3", scaleratio=1, constrain="domain"))
+        fig.layout.annotations[2].font.color = t["roles"]["m_f"]
     fig.layout.annotations[0].font.color = t["roles"]["m_r"]
     fig.layout.annotations[1].font.color = t["roles"]["m_f"]
     return style_layout(fig, style, height, uirevision="fig5")
@@ -229,7 +267,7 @@ def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: R
     with fig.batch_update():
         for trace in fig.data:
             tag, _, role = (trace.meta or "").partition(":")
-            if tag == "now":
+            if tag in ("now", "zoom"):
                 xy = role_points(role)
                 trace.x, trace.y = xy[:, 0], xy[:, 1]
         fig.layout.annotations[1].text = now_title or f"M_F, epoch {snapshot.epoch}"

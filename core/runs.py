@@ -8,6 +8,8 @@ A run folder holds
     model.pt           the protected model M_F (a normal checkpoint, core.load_model reads it)
     metrics.json       final metrics (written when the run finishes)
     snapshots/epoch_NNNN.pt   a core.advft.Snapshot per epoch (probe features, generator samples)
+    frames/step_NNNNNNN.pt    the same every few steps (at most MAX_FRAMES per run): the live view,
+                       the timeline's frame-by-frame scrubbing and replays
     .lock              held (flock) by the one process writing the run; the OS drops it when that
                        process dies, so a crash never leaves a run locked
 Each file is written to a temporary name and renamed into place, so a crash or kill leaves either
@@ -97,6 +99,7 @@ class RunBusy(RunError):
 
 
 FINAL_STATES = ("finished", "stopped", "failed")
+MAX_FRAMES = 240  # frames per run: ~20 KB each, so a run folder stays within a few MB
 LIVE_STATES = ("running", "paused")
 
 
@@ -187,6 +190,9 @@ class RunDir:
     def snapshot_path(self, epoch: int) -> Path:
         return self.path / "snapshots" / f"epoch_{epoch:04d}.pt"
 
+    def frame_path(self, step: int) -> Path:
+        return self.path / "frames" / f"step_{step:07d}.pt"
+
     def exists(self) -> bool:
         return (self.path / "config.json").is_file()
 
@@ -205,7 +211,7 @@ class RunDir:
                 os.close(fd)
                 raise RunBusy(f"run '{self.name}' is being written by another job or process") from None
         self._lock_fd = fd
-        for tmp in (*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp")):
+        for tmp in (*self.path.glob(".*.tmp"), *self.path.glob("snapshots/.*.tmp"), *self.path.glob("frames/.*.tmp")):
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
@@ -261,12 +267,17 @@ class RunDir:
         self._existing("snapshots")
         atomic_torch_save(snapshot.to_dict(), self.snapshot_path(snapshot.epoch))
 
-    def drop_snapshots_after(self, epoch: int) -> None:
-        """Snapshots of epochs a restarted run will redo (they would show a future that is not there)."""
-        for e in self.snapshot_epochs():
-            if e > epoch:
-                with contextlib.suppress(OSError):
-                    self.snapshot_path(e).unlink()
+    def save_frame(self, snapshot: Snapshot) -> None:
+        self._existing("frames")
+        atomic_torch_save(snapshot.to_dict(), self.frame_path(snapshot.step))
+
+    def drop_after(self, epoch: int, step: int) -> None:
+        """Snapshots and frames that a restarted run will redo (they would show a future that is not there)."""
+        stale = [self.snapshot_path(e) for e in self.snapshot_epochs() if e > epoch]
+        stale += [self.frame_path(s) for s in self.frame_steps() if s > step]
+        for path in stale:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     # ------------------------------------------------------------------ reading
     def config(self) -> RunConfig:
@@ -323,16 +334,28 @@ class RunDir:
                 epochs.append(int(p.stem.split("_")[1]))
         return sorted(epochs)
 
+    def frame_steps(self) -> list[int]:
+        steps = []
+        for p in (self.path / "frames").glob("step_*.pt"):
+            with contextlib.suppress(ValueError, IndexError):
+                steps.append(int(p.stem.split("_")[1]))
+        return sorted(steps)
+
     def load_snapshot(self, epoch: int) -> Snapshot:
         """RunError when the snapshot is missing or does not load."""
-        path = self.snapshot_path(epoch)
+        return self._load(self.snapshot_path(epoch), f"epoch {epoch} snapshot")
+
+    def load_frame(self, step: int) -> Snapshot:
+        return self._load(self.frame_path(step), f"frame of step {step}")
+
+    def _load(self, path: Path, what: str) -> Snapshot:
         if not path.is_file():
-            raise RunError(f"run '{self.name}' has no saved snapshot for epoch {epoch} (deleted?)")
+            raise RunError(f"run '{self.name}' has no saved {what} (deleted?)")
         try:
             return Snapshot.from_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as e:  # torch.load on a truncated or foreign file: zip, pickle, key or runtime errors
             reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise RunError(f"run '{self.name}': the epoch {epoch} snapshot does not load ({reason})") from None
+            raise RunError(f"run '{self.name}': the {what} does not load ({reason})") from None
 
     def summary(self) -> RunSummary:
         """Never raises: a file that does not read becomes the summary's `problem`."""

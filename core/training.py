@@ -28,7 +28,7 @@ from .advft import AdvFT, AdvFTConfig, ConfigError, PRESETS, Snapshot
 from .data import Dataset, load_dataset, load_ood
 from .device import describe
 from .models import CheckpointError, Classifier, load_model, save_model
-from .runs import RunConfig, RunDir, RunError, atomic_torch_save
+from .runs import MAX_FRAMES, RunConfig, RunDir, RunError, atomic_torch_save
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VICTIMS_DIR = ASSETS / "victims"
@@ -80,6 +80,15 @@ def new_trainer(victim: Classifier, data: Dataset, config: AdvFTConfig, data_dir
 # ---------------------------------------------------------------- the run protocol
 
 
+FRAME_EVERY = 8  # steps between frames: ~2.5 frames/s at the lecture preset's ~20 steps/s on a 2-core CPU
+
+
+def frame_interval(config: AdvFTConfig) -> int:
+    """Steps between two frames: FRAME_EVERY, or more for long runs (at most MAX_FRAMES per run)."""
+    total = config.epochs * (config.i_g + config.i_f)
+    return max(FRAME_EVERY, -(-total // MAX_FRAMES))
+
+
 def one_line(e: BaseException) -> str:
     """An exception as one readable line (torch's messages can run to pages)."""
     text = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
@@ -93,6 +102,8 @@ class RecordedRun:
         self.run, self.trainer = run, trainer
         self.status: str | None = None     # the final status, once closed
         self.metrics: dict | None = None   # metrics.json, once finished
+        self.frame_every = frame_interval(trainer.config)
+        self.last_frame: Snapshot | None = None  # the newest frame written (what a live view shows)
 
     @classmethod
     def create(cls, out: str | Path, victim: str | Path, config: AdvFTConfig, data_dir=None, device="cpu",
@@ -146,7 +157,7 @@ class RecordedRun:
         except BaseException:
             run.release()
             raise
-        run.drop_snapshots_after(trainer.epoch)
+        run.drop_after(trainer.epoch, trainer.steps_done)
         self = cls(run, trainer)
         self._record_start()
         return self
@@ -156,7 +167,13 @@ class RecordedRun:
         if t.epoch == 0:
             self.run.save_snapshot(t.snapshot())
             self.run.write_history(t.history)
+        self._record_frame()
         self.set_state("running")
+
+    def _record_frame(self) -> Snapshot:
+        self.last_frame = self.trainer.snapshot()
+        self.run.save_frame(self.last_frame)
+        return self.last_frame
 
     # ------------------------------------------------------------ while it runs
     def set_state(self, state: str) -> None:
@@ -174,13 +191,15 @@ class RecordedRun:
             t.step_model()
             return None
         record = t.step()
-        if record is not None:
-            self._record_epoch()
+        if record is not None or t.steps_done % self.frame_every == 0:
+            frame = self._record_frame()
+            if record is not None:
+                self._record_epoch(frame)
         return record
 
-    def _record_epoch(self) -> None:
+    def _record_epoch(self, snapshot: Snapshot) -> None:
         t, run = self.trainer, self.run
-        run.save_snapshot(t.snapshot())
+        run.save_snapshot(snapshot)
         save_model(t.model, run.model_path, protected_from=str(victim_path(run.config().victim)),
                    margin=t.config.margin, epochs_done=t.epoch, test_accuracy=t.history[-1]["acc_after"])
         run.save_state(t.state_dict())
@@ -201,16 +220,19 @@ class RecordedRun:
 
 
 def drive(run: RecordedRun, next_action: Callable[[], str | None] = lambda: "step",
-          on_step: Callable[[str, dict | None], None] = lambda action, record: None) -> str:
+          on_step: Callable[[str, dict | None], None] = lambda action, record: None,
+          stop_reason: Callable[[], str] = lambda: "") -> str:
     """Step `run` until its trainer finishes or next_action() returns None; record exactly one final
-    status and return it. Exceptions (Ctrl-C included) are recorded, then raised again."""
+    status and return it (a stop says stop_reason(), when there is one). Exceptions (Ctrl-C included)
+    are recorded, then raised again."""
     t = run.trainer
     try:
         while not t.finished:
             action = next_action()
             if action is None:
-                run.close("stopped", f"stopped during epoch {t.epoch + 1}; the finished epochs are saved "
-                                     "and the run can be resumed")
+                why = stop_reason()
+                run.close("stopped", f"stopped during epoch {t.epoch + 1}{f' ({why})' if why else ''}; the finished "
+                                     "epochs are saved and the run can be resumed")
                 return "stopped"
             on_step(action, run.step(action))
         run.close("finished")

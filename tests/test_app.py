@@ -316,3 +316,25 @@ def test_server_side_export_renders_the_fig5_panels(mnist_small, victim, cifar_p
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (2400, 1200)
     svg = plots.render_static(fig, "svg", 800, 400, 3)
     assert b"<svg" in svg[:500]
+
+
+def test_a_recorded_run_scrubs_frame_by_frame_and_replays(env, recorded_run):
+    frames = recorded_run.frame_steps()
+    assert len(frames) >= 2 and frames[0] == 0  # the run protocol writes frames, not only epoch snapshots
+    at = defend({"run": recorded_run.name})
+    no_exception(at)
+    timeline = at.select_slider(key=f"timeline_{recorded_run.name}")
+    assert timeline.options == ["epoch 0 · step 0", "epoch 1 · step 0"]  # labels of the frames at steps 0 and 5
+    assert timeline.value == f"frame:{frames[-1]}"
+    timeline.set_value(f"frame:{frames[0]}").run()
+    no_exception(at)
+    assert "M_F, epoch 0" in json.dumps(at.get("plotly_chart")[0].proto.spec)
+
+    at.button(key="replay_play").click().run()
+    seen = []
+    for _ in range(len(frames) + 2):  # AppTest does not fire run_every: each run is one replay tick
+        seen.append(at.select_slider(key=f"timeline_{recorded_run.name}").value)
+        at.run()
+        no_exception(at)
+    assert seen[:len(frames)] == [f"frame:{s}" for s in frames]
+    assert "replay" not in at.session_state  # the last frame ends the replay

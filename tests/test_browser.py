@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from app.e2e import CHROMIUM, MF_POINTS, chromium_page, png_size, streamlit_server, wait_loaded, wait_state
+import time
+
+from app.e2e import (CHROMIUM, MF_POINTS, ZOOM_OOD_PIXELS, chromium_page, png_size, streamlit_server, wait_loaded,
+                     wait_state)
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 
@@ -53,3 +56,111 @@ def test_train_watch_export_reload(data_dir, tmp_path):
         assert page.get_by_role("spinbutton", name="Seed").input_value() == "3"
         assert page.locator("[data-testid='stException']").count() == 0
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def zoom_ood(page) -> list:
+    """The zoom panel's OOD crosses in screen pixels, once the chart is drawn (it is redrawn at times)."""
+    page.wait_for_function(f"() => ({ZOOM_OOD_PIXELS})() !== null", timeout=20_000)
+    return page.evaluate(ZOOM_OOD_PIXELS)
+
+
+def mean_displacement(a, b) -> float:
+    return sum(((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5 for (x0, y0), (x1, y1) in zip(a, b)) / len(a)
+
+
+@needs_chromium
+def test_lecture_controls_follow_at_once_and_the_first_seconds_move(data_dir, tmp_path):
+    """Issue 13: the URL follows the last edit, Simple view and Presentation take effect at once, a live
+    run moves the OOD points visibly on screen within its first 10 s, a reload reattaches to the job."""
+    env = {"ADVFT_DATA_DIR": str(data_dir), "ADVFT_RUNS_DIR": str(tmp_path / "runs")}
+    with streamlit_server(env, tmp_path / "server.log") as (url, _), chromium_page() as page:
+        page.goto(url + "/?preset=lecture")
+        wait_loaded(page)
+
+        for label, value, expected in (("Epochs N", "3", "epochs=3"), ("Margin m", "12", "margin=12.0")):
+            box = page.get_by_role("spinbutton", name=label)
+            box.fill(value)
+            box.press("Enter")
+            page.wait_for_function("want => location.search.includes(want)", arg=expected, timeout=10_000)
+
+        page.get_by_text("Simple view (for teaching)").click()
+        page.wait_for_function("() => location.search.includes('view=simple')", timeout=10_000)
+        page.get_by_text("Advanced (Algorithm 1)").wait_for(state="detached", timeout=10_000)
+
+        page.get_by_text("Presentation style").click()
+        page.wait_for_function("() => { const e = document.querySelector('.js-plotly-plot');"
+                               " return !!e && e._fullLayout && e._fullLayout.xaxis.tickfont.size >= 20"
+                               " && e._fullLayout.legend.font.size >= 20; }", timeout=20_000)
+
+        start_px = zoom_ood(page)
+        page.get_by_role("button", name="Start").click()
+        t0 = time.perf_counter()
+        wait_state(page, ("running",))
+        page.wait_for_timeout(max(0, 10_000 - 1000 * (time.perf_counter() - t0)))
+        moved = mean_displacement(start_px, zoom_ood(page))
+        print(f"OOD points moved {moved:.1f} px on screen (mean) in the first 10 s")
+        assert moved >= 5, f"the OOD points moved only {moved:.1f} px in the first 10 s"
+
+        page.reload()
+        wait_loaded(page)
+        wait_state(page, ("running", "paused"), 20_000)  # reattached: the live job, not a 'reopened' folder
+        assert page.get_by_text("Reopened run").count() == 0
+        assert page.locator("[data-testid='stException']").count() == 0
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+def _worker_pids() -> set[int]:
+    """Training processes of app jobs (`python -m app.worker ...`) on this machine."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"app.worker" in (proc / "cmdline").read_bytes():
+                pids.add(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _wait_until(condition, seconds: float) -> bool:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return condition()
+
+
+@needs_chromium
+def test_a_closed_tab_stops_its_job_and_no_process_outlives_the_server(data_dir, tmp_path):
+    import os
+    import signal
+
+    from core.runs import list_runs
+
+    env = {"ADVFT_DATA_DIR": str(data_dir), "ADVFT_RUNS_DIR": str(tmp_path / "runs")}
+    before = _worker_pids()
+    with streamlit_server(env, tmp_path / "server.log") as (url, _), chromium_page() as page:
+        context = page.context
+        page.goto(url + "/?preset=lecture&epochs=20")
+        wait_loaded(page)
+        page.get_by_role("button", name="Start").click()
+        wait_state(page, ("running",))
+        workers = _worker_pids() - before
+        assert len(workers) == 2  # the job trains in its own process; a spare waits for the next job
+        page.close()  # the tab closes: the job stops within seconds and its process ends
+        t0 = time.perf_counter()
+        assert _wait_until(lambda: len(_worker_pids() & workers) == 1, 30)  # the spare stays
+        print(f"closed tab -> training process gone in {time.perf_counter() - t0:.1f} s")
+        run = list_runs(tmp_path / "runs")[0]
+        assert run.status()["status"] == "stopped" and "page was closed" in run.status()["message"]
+
+        page = context.new_page()
+        page.goto(url + "/?preset=lecture&epochs=20")
+        wait_loaded(page)
+        page.get_by_role("button", name="Start").click()
+        wait_state(page, ("running",))
+        workers = _worker_pids() - before
+        worker = next(iter(workers))
+        server = int(Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[1])  # its parent
+        os.kill(server, signal.SIGKILL)
+        assert _wait_until(lambda: not (workers & _worker_pids()), 10), "a training process outlived the server"

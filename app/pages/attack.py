@@ -15,7 +15,7 @@ import streamlit as st
 
 from app import views
 from app.jobs import ABANDON_AFTER_S
-from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, Task, attack_targets, attack_task, clear_results,
+from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_MINUTES, Task, attack_targets, attack_task, clear_results,
                        load_results, protect_then_attack_task, sweep_task)
 from core import figures
 from core.advft import PRESETS, ConfigError
@@ -113,10 +113,12 @@ with st.container(border=True):
     protect = p4.button("Protect & attack", disabled=busy, key="p_go", icon=":material/shield:")
 
 s1, s2, s3 = st.columns([1, 1, 2])
-fig4 = s1.button("Fig. 4 (toy): Acc_MS vs N", disabled=busy, key="s_epochs",
-                 help=f"KnockoffNets {TOY_ATTACK['queries']:,} queries after AdvFT epochs {TOY_EPOCHS} (lecture preset)")
-msweep = s2.button("Margin sweep (toy)", disabled=busy, key="s_margins",
-                   help=f"m in {TOY_MARGINS}; lecture preset; KnockoffNets {TOY_ATTACK['queries']:,} queries")
+fig4 = s1.button(f"Fig. 4 (toy): Acc_MS vs N · ~{TOY_MINUTES['epochs']} min", disabled=busy, key="s_epochs",
+                 help=f"KnockoffNets {TOY_ATTACK['queries']:,} queries after AdvFT epochs {TOY_EPOCHS} (lecture preset); "
+                      f"about {TOY_MINUTES['epochs']} min on a 2-core CPU")
+msweep = s2.button(f"Margin sweep (toy) · ~{TOY_MINUTES['margins']} min", disabled=busy, key="s_margins",
+                   help=f"m in {TOY_MARGINS}; lecture preset; KnockoffNets {TOY_ATTACK['queries']:,} queries; "
+                        f"about {TOY_MINUTES['margins']} min on a 2-core CPU")
 
 
 def start(title: str, fn) -> None:
@@ -183,8 +185,9 @@ def live() -> None:
     if v.active and v.progress and v.progress.get("curve"):
         finished_curves = {**finished_curves, "running": v.progress["curve"]}
     if finished_curves:
-        st.plotly_chart(figures.attack_curve(finished_curves, ui.style), key="attack_curve",
-                        config=export.config("attack-curve"))
+        curve = figures.attack_curve(finished_curves, ui.style)
+        st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), "accuracy vs queries": curve}
+        st.plotly_chart(curve, key="attack_curve", config=export.config("attack-curve"))
         views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
                       "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
     if not v.active and busy:
@@ -222,5 +225,9 @@ for i, report in enumerate(sweeps[-3:]):
     x = "epoch" if "epoch" in report["rows"][0] else "margin"
     st.subheader("Fig. 4 (toy): surrogate accuracy vs AdvFT epochs N" if x == "epoch" else
                  "Margin sweep (toy): protection vs fidelity")
-    st.plotly_chart(figures.sweep_figure(report, x, ui.style), key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
+    sweep = figures.sweep_figure(report, x, ui.style)
+    st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), f"sweep {i + 1} ({x})": sweep}
+    st.plotly_chart(sweep, key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
     st.dataframe(report["rows"], hide_index=True)
+
+views.server_export(st.session_state.get("attack_charts", {}), export, "attack", key="attack")

@@ -22,7 +22,7 @@ from app.views import job_slots, session_job
 from core import figures
 from core.advft import AdvFTConfig, ConfigError, Snapshot
 from core.data import DATASETS
-from core.device import describe, pick_device
+from core.device import pick_device
 from core.models import CheckpointError
 from core.runs import RunDir, RunError
 from core.training import PREVIEW_FIELDS, committed_victims, preview_snapshot, victim_path
@@ -229,7 +229,7 @@ def status_line(view) -> None:
         # The epoch in progress is epoch+1 until the last one is done ("epoch 1 of 6" from the first step).
         shown = min(view.epoch + (state not in ("finished", "preparing")), view.epochs)
         text += (f"epoch <b>{shown}</b> of {view.epochs} · phase {view.phase} "
-                 f"(G {view.g_done}, F {view.f_done}) · {html.escape(view.device or describe(device()))} · "
+                 f"(G {view.g_done}, F {view.f_done}) · {html.escape(view.device or views.device_label())} · "
                  f"run {html.escape(view.run_name)}")
         if view.manual_steps:
             text += f" · {view.manual_steps} manual G/F steps"
@@ -280,21 +280,73 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
         st.error(views.plain(st.session_state.pop("resume_error")))
 
 
-def pick_epoch(ui: UIState, epochs: list[int], live: bool):
-    """The timeline: scrub back through the saved epoch snapshots. Returns an epoch or 'live'."""
-    options = list(epochs) + (["live"] if live else [])
+REPLAY_SPEEDS = (2, 5, 10, 20)  # frames per second
+
+
+def timeline(ui: UIState, run: RunDir | None, live: bool):
+    """The timeline: scrub the run's frames one by one (its epoch snapshots, for runs recorded before
+    frames existed), or follow the live job. Returns 'live', ('frame', step), ('epoch', e) or None."""
+    if run is None:
+        return "live" if live else None
+    frames, epochs = run.frame_steps(), run.snapshot_epochs()
+    per_epoch = run.config().advft.i_g + run.config().advft.i_f if frames else 1
+    # Options are strings ("frame:120", "epoch:2", "live"): select_slider reads a tuple value as a range.
+    options = [f"frame:{s}" for s in frames] if frames else [f"epoch:{e}" for e in epochs]
+    options += ["live"] if live else []
     if not options:
         return "live" if live else None
-    current = ui.epoch if ui.epoch in epochs else options[-1]
+    wanted = f"frame:{ui.epoch * per_epoch}" if frames and ui.epoch is not None else f"epoch:{ui.epoch}"
+    key = f"timeline_{ui.run}"
+    replay = st.session_state.get("replay")
+    replaying = bool(replay and replay["run"] == ui.run)
+    if replaying:  # a replay moves the slider, one frame per rerun
+        st.session_state[key] = options[min(replay["index"], len(options) - 1)]
+    elif key not in st.session_state or st.session_state[key] not in options:
+        st.session_state[key] = wanted if wanted in options else options[-1]
+
+    def parse(o: str):
+        kind, _, n = o.partition(":")
+        return "live" if o == "live" else (kind, int(n))
+
+    def label(o: str) -> str:
+        p = parse(o)
+        if p == "live":
+            return "live"
+        return f"epoch {p[1]}" if p[0] == "epoch" else f"epoch {p[1] // per_epoch} · step {p[1] % per_epoch}"
+
     if len(options) == 1:
-        return options[0]
-    choice = st.select_slider("Timeline (saved epochs)", options, value=current, key=f"timeline_{ui.run}",
-                              format_func=lambda o: "live" if o == "live" else f"epoch {o}")
-    # The URL names an epoch only when it is not the latest (a link to a finished run shows its end).
-    new_epoch = None if choice == "live" or (not live and choice == epochs[-1]) else choice
-    if new_epoch != ui.epoch:
+        return parse(options[0])
+    raw = st.select_slider("Timeline (frame by frame)" if frames else "Timeline (saved epochs)", options,
+                           key=key, format_func=label, on_change=_stop_replay)
+    choice = parse(raw)
+    # The URL names an epoch when an epoch's end is shown and it is not the latest (a link to a finished
+    # run shows its end); the frames between epochs are not in the URL.
+    at_epoch = choice != "live" and (choice[0] == "epoch" or choice[1] % per_epoch == 0)
+    new_epoch = choice[1] // per_epoch if at_epoch and raw != options[-1] else None
+    if new_epoch != ui.epoch and not replaying:
         views.set_ui_state(replace(ui, epoch=new_epoch))
+    if frames and not live:
+        replay_controls(ui.run, len(options))
     return choice
+
+
+def _stop_replay() -> None:
+    st.session_state.pop("replay", None)
+
+
+def replay_controls(run_name: str, frames: int) -> None:
+    """Play a finished run as an animation: the page's live area reruns at the chosen speed."""
+    replay = st.session_state.get("replay")
+    c1, c2, _ = st.columns([1, 2, 4])
+    fps = c2.select_slider("Replay speed (frames/s)", REPLAY_SPEEDS, value=5, key="replay_fps",
+                           label_visibility="collapsed")
+    if replay and replay["run"] == run_name:
+        if c1.button("Stop replay", icon=":material/stop:", key="replay_stop"):
+            _stop_replay()
+            st.rerun()
+    elif c1.button("Play", icon=":material/replay:", key="replay_play", help=f"{frames} frames at {fps}/s"):
+        st.session_state.replay = {"run": run_name, "index": 0, "fps": fps}
+        st.rerun()  # the whole page: the live area's refresh rate becomes the replay's
 
 
 def live_area(export: views.Export, config_error: str | None, was_active: bool) -> None:
@@ -316,16 +368,16 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     try:
         if run is not None and v is None and not run.path.is_dir():
             raise RunError(f"run '{run.name}' no longer exists under {run.path.parent}")
-        epochs = run.snapshot_epochs() if run else []
-        choice = pick_epoch(ui, epochs, live=bool(v and v.snapshot is not None and v.active))
+        choice = timeline(ui, run, live=bool(v and v.snapshot is not None and v.active))
         if choice == "live" or (v is not None and choice is None):
             snapshot = v.snapshot if v else None
             history = list(snapshot.history) if snapshot else []
         elif choice is not None:
-            snapshot = views.read_snapshot(run, choice)
+            snapshot = views.read_snapshot(run, *choice)
             history = run.history()
         else:
             snapshot, history = None, []
+        advance_replay(ui.run)
     except RunError as e:
         st.error(f"{views.plain(e)}. Other runs are not affected; press Reset to start afresh.")
         return
@@ -342,6 +394,17 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
             return
         history = list(snapshot.history)
     draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
+
+
+def advance_replay(run_name: str | None) -> None:
+    """One frame further at each rerun of a replay; the last frame ends it."""
+    replay = st.session_state.get("replay")
+    if not replay or replay["run"] != run_name:
+        return
+    replay["index"] += 1
+    if replay["index"] >= len(RunDir(views.runs_dir() / run_name).frame_steps()):
+        _stop_replay()
+        st.rerun()  # back to the page's normal refresh
 
 
 def _memo(name: str, source, key: tuple, build):
@@ -365,7 +428,8 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
     if st.session_state.get("fig5_shows") is not snapshot:
         figures.refresh_fig5(fig, snapshot, proj, ranges)
         st.session_state.fig5_shows = snapshot
-    st.session_state.last_fig5 = fig
+    charts = {"Fig. 5 panels": fig}
+    st.session_state.charts = charts  # what the server-side export offers (views.server_export)
     views.fig5_view(fig, export, name, key="fig5")
     note = f"Axes fixed from M_R's features (+{int(figures.HEADROOM * 100)}% headroom)"
     if ranges.extended_at:
@@ -376,10 +440,12 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
     with left:
         st.markdown("**Generator samples G(z)**")
         grid = _memo("gen", snapshot, (ui.style,), lambda: figures.gen_grid(snapshot.gen_images, ui.style))
+        charts["generator samples"] = grid
         views.generator_view(grid, export, name, key="gen")
     with right:
         st.markdown("**Curves**")
         curves = _memo("curves", None, (name, len(history), ui.style), lambda: figures.curves({name: history}, ui.style))
+        charts["curves"] = curves
         views.curves_view(curves, export, name, key="curves")
         if history:
             views.metrics_downloads(name, history, key="dl")
@@ -389,37 +455,16 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
         if len(epochs) >= 2:
             picks = sorted({epochs[0], epochs[len(epochs) // 2], epochs[-1]})
             try:
-                snaps = [(f"epoch {e}", views.read_snapshot(run, e)) for e in picks]
+                snaps = [(f"epoch {e}", views.read_snapshot(run, "epoch", e)) for e in picks]
             except RunError as e:
                 st.error(views.plain(e))
                 return
             st.markdown("**M_F over the run** (first / middle / last saved epoch, same axes)")
-            st.plotly_chart(figures.small_multiples(snaps, proj, ranges, classes, ui.style), key="strip",
-                            config=export.config(f"{name}-strip"))
+            strip = figures.small_multiples(snaps, proj, ranges, classes, ui.style)
+            charts["M_F over the run"] = strip
+            st.plotly_chart(strip, key="strip", config=export.config(f"{name}-strip"))
             views.explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the "
                           "ID digits stay on their rays.")
-
-
-def server_export(export: views.Export, name: str) -> None:
-    """Server-side PNG/SVG of the Fig. 5 panels, where Kaleido and a Chromium are available."""
-    ok, why = figures.static_export_status()
-    with st.expander("Server-side image of the Fig. 5 panels"):
-        if not ok:
-            st.info(f"Not available on this machine: {why}.")
-            return
-        st.caption(f"Renders on the server with {why}; takes a few seconds.")
-        if st.button("Render PNG and SVG", key="render_static") and "last_fig5" in st.session_state:
-            try:
-                fig = st.session_state.last_fig5
-                st.session_state.static = {fmt: figures.render_static(fig, fmt, export.width, export.height, export.scale)
-                                           for fmt in ("png", "svg")}
-            except Exception as e:  # Kaleido/Chromium failures are environment problems, not bugs here
-                st.error(f"Server-side rendering failed: {str(e).splitlines()[0][:200]}")
-        files = st.session_state.get("static")
-        if files:
-            c1, c2 = st.columns(2)
-            c1.download_button("Download PNG", files["png"], f"{name}-fig5.png", "image/png", on_click="ignore")
-            c2.download_button("Download SVG", files["svg"], f"{name}-fig5.svg", "image/svg+xml", on_click="ignore")
 
 
 # ---------------------------------------------------------------- the page
@@ -442,7 +487,7 @@ def main() -> None:
                          index=("pca", "umap").index(ui.proj), key="w_proj", on_change=_sync, args=("proj",),
                          help="Only used when the penultimate layer is wider than 2-D. PCA is live; "
                               "UMAP is slow to start and may pull shifted OOD points onto ID clusters.")
-    st.sidebar.caption(f"Runs on: **{describe(device())}** · data dir `{views.data_dir()}` · "
+    st.sidebar.caption(f"Runs on: **{views.device_label()}** · data dir `{views.data_dir()}` · "
                        f"runs dir `{views.runs_dir()}`")
 
     config_error = None
@@ -455,8 +500,10 @@ def main() -> None:
         st.caption(f"Changed from the *{UI_PRESETS[ui.preset].label}* preset: {', '.join(changed)}")
 
     export = views.export_settings()
-    st.fragment(run_every=LIVE_REFRESH_S if active else None)(live_area)(export, config_error, active)
-    server_export(export, ui.run or ui.victim)
+    replay = st.session_state.get("replay")
+    every = 1 / replay["fps"] if replay and replay["run"] == ui.run else LIVE_REFRESH_S if active else None
+    st.fragment(run_every=every)(live_area)(export, config_error, active)
+    views.server_export(st.session_state.get("charts", {}), export, ui.run or ui.victim, key="defend")
 
 
 main()

@@ -93,7 +93,7 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
             config, history = run.config(), run.history()
             epochs = run.snapshot_epochs()
             if epochs:
-                finals.append((run, config, views.read_snapshot(run, epochs[-1]), epochs[-1]))
+                finals.append((run, config, views.read_snapshot(run, "epoch", epochs[-1]), epochs[-1]))
             histories[run.name] = history
         except RunError as e:
             st.error(f"{views.plain(e)}; left out of the comparison.")
