@@ -207,6 +207,22 @@ def dataset_problem(name: str, data_dir: str) -> str | None:
 # ---------------------------------------------------------------- run folders
 
 
+def run_folder(name: str) -> RunDir:
+    """A run by name: under the runs dir, else one of the recordings shipped in assets/recorded."""
+    from core.training import RECORDED_DIR
+
+    run = RunDir(runs_dir() / name)
+    if not run.path.exists() and (RECORDED_DIR / name / "RECORDED.json").is_file():
+        return RunDir(RECORDED_DIR / name)
+    return run
+
+
+def recording(run: RunDir) -> str | None:
+    """The command that made a shipped recording; None for an ordinary run."""
+    info = json.loads((run.path / "RECORDED.json").read_text()) if (run.path / "RECORDED.json").is_file() else {}
+    return info.get("command") if isinstance(info, dict) else None
+
+
 def read_snapshot(run: RunDir, kind: str, index: int) -> Snapshot:
     """kind 'epoch' (an epoch's snapshot) or 'frame' (the frame at a step). RunError (a readable
     message) when it is gone or does not load."""

@@ -395,6 +395,28 @@ def cmd_sweep(a) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_record(a) -> int:
+    """Run a preset into a temporary folder, then keep a compact copy of it (core.training.record)."""
+    import tempfile
+
+    from .training import record, run_advft
+
+    out = _writable_folder(a.out)
+    device = pick_device(a.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        run = run_advft(Path(tmp) / a.preset, PRESETS[a.preset]["victim"], preset_config(a.preset, seed=a.seed),
+                        a.data_dir, device, preset=a.preset)
+        seconds = time.perf_counter() - t0
+        if run.status != "finished":
+            raise CLIError(f"the {a.preset} run did not finish ({run.status})")
+        command = "python -m core " + " ".join(shlex.quote(x) for x in a.argv)
+        dest = record(run.run, out / f"recorded-{a.preset}", command)
+    size = sum(p.stat().st_size for p in dest.path.rglob("*") if p.is_file())
+    print(f"{dest.path}: {len(dest.frame_steps())} frames, {size / 1e6:.2f} MB; training took {seconds:.0f} s")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from .bench import main as bench_main
 
@@ -475,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("runs", help="list run folders", description="List the run folders under a directory.")
     r.add_argument("dir", nargs="?", help="default: $ADVFT_RUNS_DIR, else ./runs")
     r.set_defaults(func=cmd_runs)
+
+    rec = sub.add_parser("record", help="record a preset's run for the app to open instantly",
+                         description="Run a preset and keep a compact copy (config, metrics, model, epoch "
+                                     "snapshots, 36 frames in float16) in OUT/recorded-<preset>.")
+    rec.add_argument("--preset", default="lecture", choices=list(PRESETS))
+    rec.add_argument("--seed", type=_seed, default=0)
+    rec.add_argument("--out", default="assets/recorded", help="folder of the recordings (default %(default)s)")
+    _common(rec)
+    rec.set_defaults(func=cmd_record)
 
     b = sub.add_parser("bench", help="benchmark the lecture preset and the engine overhead",
                        description="Run the benchmark table of the README (needs MNIST and CIFAR-10 in the data dir).")

@@ -262,6 +262,55 @@ def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTCo
     return run
 
 
+# ---------------------------------------------------------------- recorded runs
+
+
+RECORDED_DIR = ASSETS / "recorded"
+RECORDED_FRAMES = 36  # frames kept in a recording: a replay of a few seconds, ~1.4 MB a run
+
+
+def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_FRAMES) -> RunDir:
+    """A compact, read-only copy of a finished run for shipping (assets/recorded): its config, status,
+    history, metrics and epoch snapshots, and `frames` of its frames, evenly spaced (the first and the
+    last kept), with features in float16; not its model or state (the app only shows it). `command` is
+    how it was made (shown in the app)."""
+    import shutil
+
+    if run.status().get("status") != "finished":
+        raise RunError(f"run '{run.name}' has not finished; only finished runs are recorded")
+    out = RunDir(dest)
+    if out.path.exists():
+        shutil.rmtree(out.path)
+    out.path.mkdir(parents=True)
+    for name in ("config.json", "status.json", "history.jsonl", "metrics.json"):
+        shutil.copy2(run.path / name, out.path / name)
+    steps = run.frame_steps()
+    keep = sorted({steps[round(i * (len(steps) - 1) / max(1, frames - 1))] for i in range(min(frames, len(steps)))})
+    for snapshot in [run.load_snapshot(e) for e in run.snapshot_epochs()]:
+        out.save_snapshot(_half(snapshot))
+    for step in keep:
+        out.save_frame(_half(run.load_frame(step)))
+    (out.path / "RECORDED.json").write_text(json.dumps({"command": command}, indent=2) + "\n")
+    return out
+
+
+def _half(snapshot: Snapshot) -> Snapshot:
+    """Features in float16: ~3 significant digits, far below a pixel on the plots, half the bytes."""
+    from dataclasses import replace
+
+    from .advft import Features
+
+    def h(f: Features) -> Features:
+        return Features(f.id.half(), f.ood.half(), f.gen.half())
+
+    return replace(snapshot, before=h(snapshot.before), after=h(snapshot.after))
+
+
+def recorded_runs() -> list[RunDir]:
+    """The recordings shipped in assets/recorded (see `python -m core record`)."""
+    return [RunDir(p) for p in sorted(RECORDED_DIR.glob("*")) if (p / "RECORDED.json").is_file()]
+
+
 # ---------------------------------------------------------------- M_R before any training
 
 

@@ -338,3 +338,44 @@ def test_a_recorded_run_scrubs_frame_by_frame_and_replays(env, recorded_run):
         no_exception(at)
     assert seen[:len(frames)] == [f"frame:{s}" for s in frames]
     assert "replay" not in at.session_state  # the last frame ends the replay
+
+
+def test_recorded_runs_open_without_training_and_stay_small(env):
+    from core.training import RECORDED_DIR, recorded_runs
+
+    shipped = {r.name for r in recorded_runs()}
+    assert {"recorded-lecture", "recorded-offline"} <= shipped
+    assert sum(p.stat().st_size for p in RECORDED_DIR.rglob("*") if p.is_file()) <= 3_000_000
+    at = defend()
+    no_exception(at)
+    at.button(key="open_recorded-lecture").click().run()
+    no_exception(at)
+    assert at.query_params["run"] == "recorded-lecture"
+    assert any("Recorded run" in i.value and "python -m core record --preset lecture" in i.value for i in at.info)
+    timeline = at.select_slider(key="timeline_recorded-lecture")
+    assert len(timeline.options) == 36 and timeline.value.startswith("frame:")
+    assert len(at.get("plotly_chart")) >= 3 and not list(env.glob("*/config.json"))  # drawn; no run trained
+
+
+def test_record_keeps_a_compact_copy_of_a_finished_run(recorded_run, tmp_path, monkeypatch):
+    from core import advft
+    from core.runs import RunError
+    from core.training import RecordedRun, record
+
+    with pytest.raises(RunError, match="has not finished"):
+        record(recorded_run, tmp_path / "copy", "cmd")
+    monkeypatch.setattr(advft.AdvFT, "metrics", lambda self: dict(self.history[-1], epochs_done=self.epoch))
+    model, data = load_victim(MNIST_VICTIM, None)
+    from core.data import Dataset
+
+    small = Dataset("mnist", data.x_train[:500], data.y_train[:500], data.x_test[:500], data.y_test[:500], data.source)
+    trainer = new_trainer(model, small, tiny_config(epochs=2, i_g=1, i_f=40), data_dir=None)
+    done = RecordedRun.create(tmp_path / "done", "mnist_lenet2d", trainer.config, trainer=trainer)
+    while not trainer.finished:
+        done.step()
+    done.close("finished")
+    copy = record(done.run, tmp_path / "copy", "python -m core record --preset lecture", frames=4)
+    # frames every 8 steps and at each epoch end (41, 82): 13 of them; 4 kept, evenly spaced
+    assert copy.frame_steps() == [0, 32, 56, 82] and copy.snapshot_epochs() == [0, 1, 2]
+    assert copy.load_frame(82).after.ood.dtype == torch.float16 and not copy.model_path.exists()
+    assert copy.summary().status == "finished"

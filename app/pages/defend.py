@@ -17,7 +17,7 @@ import streamlit as st
 
 from app import views
 from app.jobs import ABANDON_AFTER_S, Job, JobSpec, new_run_dir
-from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, preset_available
+from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, for_run, preset_available
 from app.views import job_slots, session_job
 from core import figures
 from core.advft import AdvFTConfig, ConfigError, Snapshot
@@ -25,7 +25,7 @@ from core.data import DATASETS
 from core.device import pick_device
 from core.models import CheckpointError
 from core.runs import RunDir, RunError
-from core.training import PREVIEW_FIELDS, committed_victims, preview_snapshot, victim_path
+from core.training import PREVIEW_FIELDS, committed_victims, preview_snapshot, recorded_runs, victim_path
 
 LIVE_REFRESH_S = 0.5
 
@@ -269,7 +269,7 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
                           help="Publish every step and wait 0.25 s after it, to watch single steps")
     if job and active and slow != v.slow:
         job.set_slow_motion(slow)
-    run = RunDir(views.runs_dir() / ui.run) if ui.run else None
+    run = views.run_folder(ui.run) if ui.run else None
     # Stopped, failed, or interrupted (its process ended, or this tab was reloaded while it trained).
     if not active and run is not None and run.summary().resumable:
         cols[6].button("Resume run", on_click=resume, args=(run,), key="t_resume", width="stretch",
@@ -356,13 +356,18 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     if bool(v and v.active) != was_active:
         st.rerun()  # the job started or ended: redraw the whole page (controls, refresh rate)
     transport(job, ui, config_error)
-    run = RunDir(views.runs_dir() / ui.run) if ui.run else None
+    run = views.run_folder(ui.run) if ui.run else None
     if v is not None:
         status_line(v)
+    elif run is not None and (recorded := views.recording(run)):
+        st.info(f"**Recorded run** shipped with the app (no training needed): made with `{recorded}`. "
+                "Scrub the timeline or press Play to replay it.", icon=":material/movie:")
     elif run is not None:
         summary = run.summary()
         st.caption(f"Reopened run **{views.plain(run.name)}** · status: {summary.status} · "
                    f"{views.plain(summary.message)}")
+    else:
+        recorded_picker()
 
     # Which snapshot to draw: live, a saved epoch, or M_R before any training (preview).
     try:
@@ -396,13 +401,35 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     draw(snapshot, history, ui, export, run, name=ui.run or ui.victim, live=bool(v and v.active))
 
 
+def recorded_picker() -> None:
+    """Before any run: the shipped recordings, one click away (they open without training)."""
+    runs = recorded_runs()
+    if not runs:
+        return
+    cols = st.columns([2] + [1] * len(runs) + [3])
+    cols[0].caption("Or open a recorded run, no waiting:")
+    for col, run in zip(cols[1:], runs):
+        col.button(run.name.removeprefix("recorded-"), key=f"open_{run.name}", icon=":material/movie:",
+                   on_click=open_recorded, args=(run.name,), width="stretch")
+
+
+def open_recorded(name: str) -> None:
+    try:
+        state, _ = for_run(name, views.run_folder(name).config())
+    except RunError as e:
+        st.session_state.resume_error = str(e)
+        return
+    views.set_ui_state(state)
+    st.session_state.pop("axes", None)
+
+
 def advance_replay(run_name: str | None) -> None:
     """One frame further at each rerun of a replay; the last frame ends it."""
     replay = st.session_state.get("replay")
     if not replay or replay["run"] != run_name:
         return
     replay["index"] += 1
-    if replay["index"] >= len(RunDir(views.runs_dir() / run_name).frame_steps()):
+    if replay["index"] >= len(views.run_folder(run_name).frame_steps()):
         _stop_replay()
         st.rerun()  # back to the page's normal refresh
 
