@@ -324,7 +324,7 @@ def test_a_recorded_run_scrubs_frame_by_frame_and_replays(env, recorded_run):
     at = defend({"run": recorded_run.name})
     no_exception(at)
     timeline = at.select_slider(key=f"timeline_{recorded_run.name}")
-    assert timeline.options == ["epoch 0 · step 0", "epoch 1 · step 0"]  # labels of the frames at steps 0 and 5
+    assert timeline.options == ["start (M_F = M_R)", "end of epoch 1"]  # labels of the frames at steps 0 and 5
     assert timeline.value == f"frame:{frames[-1]}"
     timeline.set_value(f"frame:{frames[0]}").run()
     no_exception(at)

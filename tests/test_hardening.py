@@ -302,3 +302,13 @@ def test_a_closed_tab_frees_its_slot_within_seconds(env, data_dir):
     assert RunDir(env / "left").status()["status"] == "stopped"
     waiting.stop()
     waiting.thread.join(30)
+
+
+def test_a_deployed_app_shows_short_errors_and_skips_the_per_run_gc():
+    """Users get a generic message for an unexpected error, the server log the traceback; and Streamlit's
+    gc.collect() after every (fragment) run, which took half the server's CPU while a job trained, is off."""
+    import tomllib
+
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["client"]["showErrorDetails"] == "none" and config["runner"]["postScriptGC"] is False
+    assert "streamlit run streamlit_app.py" in (ROOT / "Procfile").read_text()

@@ -312,7 +312,12 @@ def timeline(ui: UIState, run: RunDir | None, live: bool):
         p = parse(o)
         if p == "live":
             return "live"
-        return f"epoch {p[1]}" if p[0] == "epoch" else f"epoch {p[1] // per_epoch} · step {p[1] % per_epoch}"
+        if p[0] == "epoch":
+            return f"epoch {p[1]}"
+        epoch, step = divmod(p[1], per_epoch)
+        if step == 0:  # a frame on an epoch's boundary shows that epoch's end (or M_R, at the start)
+            return f"end of epoch {epoch}" if epoch else "start (M_F = M_R)"
+        return f"epoch {epoch + 1} · step {step}"
 
     if len(options) == 1:
         return parse(options[0])
@@ -338,8 +343,7 @@ def replay_controls(run_name: str, frames: int) -> None:
     """Play a finished run as an animation: the page's live area reruns at the chosen speed."""
     replay = st.session_state.get("replay")
     c1, c2, _ = st.columns([1, 2, 4])
-    fps = c2.select_slider("Replay speed (frames/s)", REPLAY_SPEEDS, value=5, key="replay_fps",
-                           label_visibility="collapsed")
+    fps = c2.select_slider("Replay speed (frames/s)", REPLAY_SPEEDS, value=5, key="replay_fps")
     if replay and replay["run"] == run_name:
         if c1.button("Stop replay", icon=":material/stop:", key="replay_stop"):
             _stop_replay()
