@@ -21,7 +21,7 @@ from core.data import DataError
 from core.metrics import fidelity, outputs
 from core.models import CheckpointError
 from core.runs import RunError, atomic_write_json, list_runs, read_json
-from core.training import committed_victims, load_victim, victim_path
+from core.training import committed_victims, load_victim, served_victim, victim_path
 
 ACTIVE = ("queued", "running")
 # Toy sweeps: small enough for a lecture on a 2-core CPU (minutes, not hours).
@@ -130,6 +130,8 @@ def attack_targets(runs_dir: Path) -> dict[str, dict]:
             victim = run.config().victim
         except RunError:
             continue
+        if not served_victim(victim, runs_dir):
+            victim = ""  # scored against the target itself rather than open a file outside the app's folders
         out[f"AdvFT M_F · {run.name}"] = {"path": str(run.model_path), "kind": "advft", "margin": summary.margin,
                                           "epochs": summary.epoch, "victim": victim}
     return out

@@ -50,6 +50,17 @@ def victim_path(name: str | Path) -> Path:
     return Path(name)
 
 
+def served_victim(victim: str, runs_dir: Path) -> bool:
+    """Whether a server may open this victim: a committed one, or a checkpoint inside its runs folder.
+    A run's config.json (written by anyone with access to the runs folder) must not make the server
+    read files elsewhere."""
+    if victim in committed_victims():
+        return True
+    path = victim_path(victim).resolve()
+    inside = any(path.is_relative_to(root.resolve()) for root in (VICTIMS_DIR, Path(runs_dir)))
+    return inside and path.suffix == ".pt"
+
+
 def preset_victim(preset: str) -> Path:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")

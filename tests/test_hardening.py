@@ -312,3 +312,18 @@ def test_a_deployed_app_shows_short_errors_and_skips_the_per_run_gc():
     config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert config["client"]["showErrorDetails"] == "none" and config["runner"]["postScriptGC"] is False
     assert "streamlit run streamlit_app.py" in (ROOT / "Procfile").read_text()
+
+
+def test_the_preview_cache_is_bounded_and_served_victims_stay_inside(tmp_path, data_dir, monkeypatch):
+    from core import training
+
+    monkeypatch.setattr(training, "PREVIEW_CACHE_ENTRIES", 2)
+    for seed in range(3):  # a URL can ask for any seed: the cache keeps the newest few
+        training.preview_snapshot("mnist_lenet2d", AdvFTConfig(seed=seed, probe_size=20), data_dir,
+                                  cache_dir=tmp_path / "cache")
+        time.sleep(0.02)
+    assert len(list((tmp_path / "cache").glob("preview-*.pt"))) == 2
+    assert training.served_victim("mnist_lenet2d", tmp_path)
+    assert training.served_victim(str(tmp_path / "a-run" / "model.pt"), tmp_path)
+    assert not training.served_victim("/etc/passwd", tmp_path)
+    assert not training.served_victim(str(tmp_path / ".." / "elsewhere.pt"), tmp_path)

@@ -25,7 +25,8 @@ from core.data import DATASETS
 from core.device import pick_device
 from core.models import CheckpointError
 from core.runs import RunDir, RunError
-from core.training import PREVIEW_FIELDS, committed_victims, preview_snapshot, recorded_runs, victim_path
+from core.training import (PREVIEW_FIELDS, committed_victims, preview_snapshot, recorded_runs, served_victim,
+                           victim_path)
 
 LIVE_REFRESH_S = 0.5
 
@@ -155,7 +156,7 @@ def start(ui: UIState) -> None:
 def resume(run: RunDir) -> None:
     try:
         saved = run.config()
-        if not served_victim(saved.victim):
+        if not served_victim(saved.victim, views.runs_dir()):
             raise RunError(f"run '{run.name}' starts from a victim outside the committed victims and the runs "
                            "folder; it can only be resumed from the command line")
     except RunError as e:
@@ -165,17 +166,6 @@ def resume(run: RunDir) -> None:
                    resume=True)
     session_job().replace(Job(spec, job_slots(), ABANDON_AFTER_S).start())
     views.set_ui_state(replace(views.ui_state(), run=run.name, epoch=None))
-
-
-def served_victim(victim: str) -> bool:
-    """The app opens only committed victims and checkpoints inside its runs folder: a run's config.json
-    (written by anyone with access to the runs folder) must not make the server read other files."""
-    if victim in committed_victims():
-        return True
-    path = victim_path(victim).resolve()
-    roots = (victim_path(committed_victims()[0]).resolve().parent if committed_victims() else None,
-             views.runs_dir().resolve())
-    return any(root is not None and path.is_relative_to(root) for root in roots) and path.suffix == ".pt"
 
 
 def reset() -> None:
