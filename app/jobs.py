@@ -97,10 +97,6 @@ class JobSlots:
         with self._cond:
             return self._waiting.index(work) + 1 if work in self._waiting else None
 
-    def load(self) -> tuple[int, int]:
-        with self._cond:
-            return len(self._active), len(self._waiting)
-
     def job_for(self, run_dir: Path) -> "Job | None":
         """The live training job (running or waiting) that writes `run_dir`, whichever tab started it."""
         target = Path(run_dir).resolve()
@@ -179,10 +175,6 @@ class Background:
                 self._cancelled()
                 return
             try:
-                if self.device == "cpu":
-                    # One core for the work, the other for the page: two intra-op threads on a shared
-                    # 2-core machine make every step and every page rerun slower (bench/bench_app.py).
-                    torch.set_num_threads(1)
                 self._work()
             finally:
                 self.slots.release(self)

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from app.jobs import Background, JobSlots, new_run_dir
 from core.advft import preset_config
 from core.attacks import AttackConfig, DefenceConfig, make_api, run_attack
@@ -73,6 +75,11 @@ class Task(Background):
         self._publish(progress=copy.deepcopy(d))
 
     def _work(self) -> None:
+        if self.device == "cpu":
+            # Attacks run in a thread of the server: one core for the attack, the other for the page (two
+            # intra-op threads on a shared 2-core machine slow every step and every page rerun). This is
+            # process-wide; training jobs run in their own process and are not affected.
+            torch.set_num_threads(1)
         self._publish(state="running")
         value = self.fn(self._progress, self._note, self.should_stop)
         if self.stop_event.is_set():
