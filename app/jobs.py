@@ -41,7 +41,6 @@ from core.runs import RunError
 from core.training import RecordedRun, drive, one_line
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m app.worker` finds the app and core
-NICE = 10               # the training process's niceness: the page comes first
 PUBLISH_EVERY_S = 0.4    # snapshot() costs ~50 ms; more often would slow training noticeably
 # Work whose page stopped asking for its view this long ago is stopped (its tab was closed): the
 # pages poll every 0.5-2 s while work is active, and Streamlit itself only notices a closed tab
@@ -269,6 +268,12 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._spare: Worker | None = None
 
+    def prestart(self) -> None:
+        """Have a spare ready before the first job (called when the Defend page is drawn)."""
+        with self._lock:
+            if self._spare is None or self._spare.process.poll() is not None:
+                self._spare = Worker.start()
+
     def take(self) -> Worker:
         with self._lock:
             worker, self._spare = self._spare, None
@@ -413,11 +418,7 @@ def child_main(commands_fd: int, messages_fd: int, parent_pid: int, threads: int
     except (EOFError, OSError):  # a spare that was never used: the server closed its pipe
         return
     if spec.device == "cpu":
-        # Nice: the server and the page preempt training whenever they run, so a click or a frame
-        # never waits for a step (bench/bench_app.py).
         torch.set_num_threads(threads)
-        with contextlib.suppress(OSError, AttributeError):
-            os.nice(NICE)
     runner = _Runner(spec, conn)
     try:
         runner.run()

@@ -16,7 +16,7 @@ from dataclasses import replace
 import streamlit as st
 
 from app import views
-from app.jobs import ABANDON_AFTER_S, Job, JobSpec, new_run_dir
+from app.jobs import ABANDON_AFTER_S, WORKERS, Job, JobSpec, new_run_dir
 from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, for_run, preset_available
 from app.views import job_slots, session_job
 from core import figures
@@ -492,6 +492,7 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
 
 
 def main() -> None:
+    WORKERS.prestart()  # a training process importing torch now, so that Start answers at once
     ui = data_fallback(views.ui_state())
     job = _job_for(ui)
     active = bool(job and job.view().active)
