@@ -109,8 +109,9 @@ def one_line(e: BaseException) -> str:
 class RecordedRun:
     """A trainer bound to the run folder it writes, holding the folder's write lock until close()."""
 
-    def __init__(self, run: RunDir, trainer: AdvFT):
+    def __init__(self, run: RunDir, trainer: AdvFT, victim: str):
         self.run, self.trainer = run, trainer
+        self.victim = str(victim_path(victim))  # what model.pt says it protects
         self.status: str | None = None     # the final status, once closed
         self.metrics: dict | None = None   # metrics.json, once finished
         self.frame_every = frame_interval(trainer.config)
@@ -145,7 +146,7 @@ class RecordedRun:
 
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        self = cls(run, trainer)
+        self = cls(run, trainer, victim)
         self._record_start()
         return self
 
@@ -169,7 +170,7 @@ class RecordedRun:
             run.release()
             raise
         run.drop_after(trainer.epoch, trainer.steps_done)
-        self = cls(run, trainer)
+        self = cls(run, trainer, cfg.victim)
         self._record_start()
         return self
 
@@ -211,7 +212,7 @@ class RecordedRun:
     def _record_epoch(self, snapshot: Snapshot) -> None:
         t, run = self.trainer, self.run
         run.save_snapshot(snapshot)
-        save_model(t.model, run.model_path, protected_from=str(victim_path(run.config().victim)),
+        save_model(t.model, run.model_path, protected_from=self.victim,
                    margin=t.config.margin, epochs_done=t.epoch, test_accuracy=t.history[-1]["acc_after"])
         run.save_state(t.state_dict())
         run.write_history(t.history)  # last, so history never runs ahead of state.pt

@@ -279,7 +279,8 @@ def timeline(ui: UIState, run: RunDir | None, live: bool):
     if run is None:
         return "live" if live else None
     frames, epochs = run.frame_steps(), run.snapshot_epochs()
-    per_epoch = run.config().advft.i_g + run.config().advft.i_f if frames else 1
+    advft = run.config().advft if frames else None
+    per_epoch = advft.i_g + advft.i_f if advft else 1
     # Options are strings ("frame:120", "epoch:2", "live"): select_slider reads a tuple value as a range.
     options = [f"frame:{s}" for s in frames] if frames else [f"epoch:{e}" for e in epochs]
     options += ["live"] if live else []
