@@ -395,6 +395,23 @@ def cmd_sweep(a) -> int:
     return 1 if result.failed else 0
 
 
+def cmd_atlas(a) -> int:
+    from .atlas import TOY_DFME, atlas_cells, write_bundle
+
+    out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
+    cells = atlas_cells(victim_name, preset_config(a.preset, seed=a.seed), attack, a.margins, a.at,
+                        {**TOY_DFME, "queries": a.dfme_queries} if a.dfme_queries else None)
+    bundle = _writable_folder(a.bundle) if a.bundle else out / "atlas"
+    t0 = time.perf_counter()
+    result = _run_cells(a, cells, out, device, executor)
+    command = "python -m core " + " ".join(shlex.quote(x) for x in a.argv)
+    write_bundle(cells, result, out, bundle, victim_name, command, time.perf_counter() - t0)
+    size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
+    print(f"{bundle}: {len(cells) - len(result.failed)} of {len(cells)} cells, {size / 1e6:.2f} MB; "
+          f"{time.perf_counter() - t0:.0f} s ({_where(a, device, result)})")
+    return 1 if result.failed else 0
+
+
 def cmd_record(a) -> int:
     """Run a preset into a temporary folder, then keep a compact copy of it (core.training.record)."""
     import tempfile
@@ -537,14 +554,38 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--at", type=_csv_epochs, help="epochs to attack after, e.g. 0,1,2,4,6 (default: every epoch)")
             e.add_argument("--margins", type=_csv_floats, default=[1.0, 3.0, 10.0, 30.0], help="margins for --kind margin")
             e.set_defaults(func=cmd_sweep)
-        e.add_argument("--executor", default="local", choices=["local", "ray"],
-                       help="local: the cells one after another in this process (default); ray: each cell a "
-                            "task on a Ray cluster (pip install -r requirements-ray.txt)")
-        e.add_argument("--ray-address", help="with --executor ray: auto (the cluster `ray start` made this machine "
-                                             "part of), ray://HOST:10001 (Ray Client), or omitted: a local cluster")
-        e.add_argument("--retries", type=_int_range(0, 10), default=1,
-                       help="times a failed cell is run again before it is recorded failed (default %(default)s)")
+        _grid_args(e)
+
+    from .atlas import EPOCHS, MARGINS, TOY_DFME
+    at = sub.add_parser("atlas", help="the margin x epochs atlas: a grid of AdvFT runs, attacked, for the app",
+                        description="AdvFT runs of one victim for each margin, attacked after each chosen epoch N by "
+                                    "the strong thief (the attack options below; default KnockoffNets, 20k soft "
+                                    "queries) and a toy DFME; writes the grid in OUT and the app's bundle "
+                                    "(atlas.json + snapshots.pt) in OUT/atlas or --bundle.")
+    _attack_args(at, "--victim")
+    at.add_argument("--preset", default="lecture", choices=list(PRESETS), help="AdvFT settings besides m and N")
+    at.add_argument("--margins", type=_csv_floats, default=list(MARGINS),
+                    help=f"margins m (default {','.join(f'{m:g}' for m in MARGINS)})")
+    at.add_argument("--at", type=_csv_epochs, default=list(EPOCHS),
+                    help=f"epochs N to attack after (default {','.join(map(str, EPOCHS))}; 0 = unprotected)")
+    at.add_argument("--dfme-queries", type=_nonneg_int, default=TOY_DFME["queries"],
+                    help="budget of the toy DFME run at every point (default %(default)s, about 15 s on a 2-core CPU; "
+                         "0 leaves it out)")
+    at.add_argument("--bundle", help="folder for the app's bundle (default OUT/atlas); the shipped one is "
+                                     "assets/atlas/<victim>")
+    _grid_args(at)
+    at.set_defaults(func=cmd_atlas)
     return p
+
+
+def _grid_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: the cells one after another in this process (default); ray: each cell a "
+                        "task on a Ray cluster (pip install -r requirements-ray.txt)")
+    e.add_argument("--ray-address", help="with --executor ray: auto (the cluster `ray start` made this machine "
+                                         "part of), ray://HOST:10001 (Ray Client), or omitted: a local cluster")
+    e.add_argument("--retries", type=_int_range(0, 10), default=1,
+                   help="times a failed cell is run again before it is recorded failed (default %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:

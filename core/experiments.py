@@ -96,7 +96,7 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
     model's margin and epochs, None for the victim itself), and points, one per attack:
     {epoch (AdvFT epochs so far, None without AdvFT), record (the run's history record at that epoch),
     fidelity (Acc_MF, KL_train, KL_test of what honest users get; with cell.fidelity), attack
-    (the AttackResult as a dict)}."""
+    (the AttackResult as a dict) and, when the cell has more attacks, also (their results, in order)}."""
     stop = should_stop or (lambda: False)
     victims = {} if victims is None else victims
     if cell.victim not in victims:
@@ -105,6 +105,7 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
     victim = copy.deepcopy(loaded)  # nothing a cell does to its victim reaches the next cell
     device = next(victim.parameters()).device
     attack = AttackConfig(**cell.attack).validate()
+    also = [AttackConfig(**a).validate() for a in cell.also]
     defence = DefenceConfig(**(cell.defence or {})).validate()
     ref = _split_logits(victim, data, device) if cell.fidelity else {"test": outputs(victim, data.x_test, device)[1]}
     row = {"dataset": data.name, "victim_arch": victim.arch, "acc_mr": accuracy(ref["test"], data.y_test),
@@ -118,10 +119,16 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
             else:
                 answers = ref if model is victim else _split_logits(model, data, device)
             fid = fidelity(ref, answers, data.y_test)
-        result = run_attack(model, data, attack, defence, data_dir, should_stop=should_stop)
-        if result.status == "stopped":
-            raise CellStopped(f"cell {cell.name} stopped")
-        return {"epoch": epoch, "record": record, "fidelity": fid, "attack": result.to_dict()}
+        results = []
+        for attack_config in (attack, *also):
+            result = run_attack(model, data, attack_config, defence, data_dir, should_stop=should_stop)
+            if result.status == "stopped":
+                raise CellStopped(f"cell {cell.name} stopped")
+            results.append(result.to_dict())
+        point = {"epoch": epoch, "record": record, "fidelity": fid, "attack": results[0]}
+        if also:
+            point["also"] = results[1:]
+        return point
 
     if cell.advft is not None:
         config = AdvFTConfig.from_dict(cell.advft).validate()

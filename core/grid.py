@@ -85,6 +85,8 @@ class Cell:
     target: str | None = None         # attack this protected checkpoint instead of the victim
     at_epochs: tuple[int, ...] = ()   # with advft: attack M_F after each of these epochs (default: the last)
     fidelity: bool = False            # also score honest users' answers on the whole train and test sets
+    also: tuple[dict, ...] = ()       # more attacks (AttackConfig fields) run at each point after `attack`
+
 
     @property
     def kind(self) -> str:
@@ -95,7 +97,10 @@ class Cell:
         return self.advft is not None
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # as it reads back from its record (tuples as lists)
+        d = json.loads(json.dumps(asdict(self)))  # as it reads back from its record (tuples as lists)
+        if not d["also"]:
+            del d["also"]  # records written before `also` existed still match their cells on resume
+        return d
 
 
 @dataclass

@@ -299,14 +299,14 @@ def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_F
     steps = run.frame_steps()
     keep = sorted({steps[round(i * (len(steps) - 1) / max(1, frames - 1))] for i in range(min(frames, len(steps)))})
     for snapshot in [run.load_snapshot(e) for e in run.snapshot_epochs()]:
-        out.save_snapshot(_half(snapshot))
+        out.save_snapshot(half_precision(snapshot))
     for step in keep:
-        out.save_frame(_half(run.load_frame(step)))
+        out.save_frame(half_precision(run.load_frame(step)))
     (out.path / "RECORDED.json").write_text(json.dumps({"command": command}, indent=2) + "\n")
     return out
 
 
-def _half(snapshot: Snapshot) -> Snapshot:
+def half_precision(snapshot: Snapshot) -> Snapshot:
     """Features in float16: ~3 significant digits, far below a pixel on the plots, half the bytes."""
     from dataclasses import replace
 
