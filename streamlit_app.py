@@ -15,6 +15,7 @@ views.load_css()
 views.ui_state()
 page = st.navigation([
     st.Page("app/pages/defend.py", title="Defend", icon=":material/shield:", url_path="defend", default=True),
+    st.Page("app/pages/atlas.py", title="Atlas", icon=":material/grid_view:", url_path="atlas"),
     st.Page("app/pages/runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
     st.Page("app/pages/attack.py", title="Attack", icon=":material/bug_report:", url_path="attack"),
 ])

@@ -14,7 +14,7 @@ from typing import Mapping
 
 from core.advft import DISTANCES, FAKE_REDUCTIONS, PRESETS, AdvFTConfig, ConfigError, preset_config
 from core.runs import RunConfig
-from core.training import committed_victims, victim_path
+from core.training import VICTIM_COMMANDS, committed_victims, victim_path
 
 
 @dataclass(frozen=True)
@@ -25,13 +25,15 @@ class UIPreset:
 
 
 # The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer, MNIST) is not committed: it is
-# offered only when its checkpoint exists, with the lecture preset's fast AdvFT settings.
+# offered only when its checkpoint exists, with the lecture preset's fast AdvFT settings. Every preset is
+# offered only when its victim's checkpoint exists (preset_available); a URL naming another is told how
+# to train it (VICTIM_COMMANDS).
 FIG5_VICTIM = "mnist_resnet18_2d"
-FIG5_COMMAND = ("python -m core train-victim --dataset mnist --arch resnet18_2d --epochs 10 --seed 0 "
-                "--out assets/victims")
+FIG5_COMMAND = VICTIM_COMMANDS[FIG5_VICTIM]
 UI_PRESETS: dict[str, UIPreset] = {
     "lecture": UIPreset("lecture demo, CPU", "lecture", PRESETS["lecture"]["victim"]),
     "offline": UIPreset("offline demo", "offline", PRESETS["offline"]["victim"]),
+    "table-mnist": UIPreset("Tables 2-3 victim (MNIST LeNet), CPU", "table-mnist", PRESETS["table-mnist"]["victim"]),
     "paper": UIPreset("paper settings", "paper", PRESETS["paper"]["victim"]),
     "fig5": UIPreset("Fig. 5 of the paper", "lecture", FIG5_VICTIM),
 }
@@ -67,6 +69,9 @@ class UIState:
     view: str = "full"
     style: str = "screen"
     proj: str = "pca"
+    atlas: str | None = None      # the Atlas page: which bundle, and its cell (margin, epochs)
+    atlas_m: float | None = None
+    atlas_n: int | None = None
 
     # ------------------------------------------------------------ presets and the engine's config
     @classmethod
@@ -96,6 +101,9 @@ class UIState:
             q["epoch"] = str(self.epoch)
         if self.run:
             q["run"] = self.run
+        for key, name in ATLAS_QUERY.items():
+            if getattr(self, name) is not None:
+                q[key] = _fmt(getattr(self, name))
         return q
 
     @classmethod
@@ -108,8 +116,9 @@ class UIState:
             warnings.append(f"preset {_shown(preset)} is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
             preset = "lecture"
         elif not preset_available(preset):
-            warnings.append(f"preset '{preset}' needs its victim, which is not trained here ({FIG5_COMMAND}); "
-                            f"using 'lecture'")
+            victim = UI_PRESETS[preset].victim
+            how = VICTIM_COMMANDS.get(victim, f"python -m core train-victim ... (victim {victim})")
+            warnings.append(f"preset '{preset}' needs its victim, which is not trained here ({how}); using 'lecture'")
             preset = "lecture"
         state = cls.from_preset(preset)
         changes: dict = {}
@@ -146,6 +155,17 @@ class UIState:
                 changes["run"] = q["run"]
             else:
                 warnings.append(f"URL value run={_shown(q['run'])} ignored (not a run folder name)")
+        if q.get("atlas"):
+            if _safe_run_name(q["atlas"]):
+                changes["atlas"] = q["atlas"]
+            else:
+                warnings.append(f"URL value atlas={_shown(q['atlas'])} ignored (not an atlas name)")
+        for key, parse in (("am", _positive_float), ("an", _nonneg_int)):
+            if key in q:  # whether the atlas has this cell is the Atlas page's check (it knows the grid)
+                try:
+                    changes[ATLAS_QUERY[key]] = parse(q[key])
+                except ValueError as e:
+                    warnings.append(f"URL value {key}={_shown(q[key])} ignored ({e})")
         return replace(state, **changes), warnings
 
 
@@ -164,6 +184,19 @@ def for_run(name: str, saved: RunConfig) -> tuple[UIState, list[str]]:
 
 def _fmt(v) -> str:
     return repr(v) if isinstance(v, float) else str(v)
+
+
+ATLAS_QUERY = {"atlas": "atlas", "am": "atlas_m", "an": "atlas_n"}  # URL key -> UIState field
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if not (v > 0 and v < float("inf")):
+        raise ValueError("must be a finite number > 0")
+    return v
 
 
 def _nonneg_int(text: str) -> int:

@@ -47,14 +47,14 @@ COUNT_UPDATES = """async ([probe, seconds]) => {
 
 
 # Mean displacement M_R -> M_F of the OOD probes and of the ID probes, from the Fig. 5 panels' traces
-# (panel 1 traces have meta ':<role>', panel 2 'now:<role>'), in feature units.
+# (panel 1 traces have meta 'before:<role>', panel 2 'now:<role>'), in feature units.
 SHIFTS = """() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e._fullData) return null;
   const by = {}; for (const t of e._fullData) { if (t.meta) by[t.meta] = t; }
   const shift = roles => { let sum = 0, n = 0;
-    for (const r of roles) { const a = by[':' + r], b = by['now:' + r]; if (!a || !b) continue;
+    for (const r of roles) { const a = by['before:' + r], b = by['now:' + r]; if (!a || !b) continue;
       for (let i = 0; i < a.x.length; i++) { sum += Math.hypot(b.x[i] - a.x[i], b.y[i] - a.y[i]); n++; } }
     return n ? sum / n : 0; };
-  const classes = Object.keys(by).filter(k => k.startsWith(':class')).map(k => k.slice(1));
+  const classes = Object.keys(by).filter(k => k.startsWith('before:class')).map(k => k.slice(7));
   return {ood: shift(['ood']), id: shift(classes)}; }"""
 
 

@@ -84,6 +84,25 @@ def _csv_epochs(text: str) -> list[int]:
     return vals
 
 
+def _csv_seeds(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text[:40]}'") from None
+    if not vals or min(vals) < 0 or max(vals) > 2**31 - 1 or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"expected distinct seeds from 0 to 2,147,483,647, got '{text[:40]}'")
+    return vals
+
+
+def _csv_rows(text: str) -> list[str]:
+    from .experiments import TABLE_METHODS
+
+    vals = [v.strip() for v in text.split(",") if v.strip()]
+    if not vals or any(v not in TABLE_METHODS for v in vals):
+        raise argparse.ArgumentTypeError(f"expected rows from {','.join(TABLE_METHODS)}, got '{text[:40]}'")
+    return list(dict.fromkeys(vals))
+
+
 def _writable_folder(path: str | Path) -> Path:
     """--out checked before any work (nothing is created yet): a folder, or a path whose nearest existing
     parent is a folder we can write in."""
@@ -156,7 +175,30 @@ def advft_config(a) -> AdvFTConfig:
                "batch_size": "batch_size", "lr_g": "lr_g", "lr_f": "lr_f", "distance": "distance",
                "fake_reduce": "fake_reduce", "lr_schedule": "lr_schedule", "ood": "ood"}
     overrides = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
+    if getattr(a, "allow_id_transfer", False):
+        overrides["allow_id_ood"] = True
+    if _scale(a) == "paper":  # the paper's AdvFT settings, with the N of its table for this attack
+        from .experiments import scaled_advft
+
+        return scaled_advft(a.preset, "paper", _attack_name(a), **overrides)
     return preset_config(a.preset, **overrides).validate()
+
+
+def _scale(a) -> str | None:
+    """`table` / `sweep`: --scale, else the preset's default scale; None for commands without scales."""
+    if not hasattr(a, "scale"):
+        return None
+    from .experiments import default_scale
+
+    return a.scale or default_scale(a.preset)
+
+
+def _attack_name(a) -> str:
+    """--attack, else the command's default: DFME for Fig. 4 (`sweep --kind epochs`, as in the paper), else
+    KnockoffNets."""
+    if getattr(a, "attack", None):
+        return a.attack
+    return "dfme" if getattr(a, "command", None) == "sweep" and getattr(a, "kind", None) == "epochs" else "knockoff"
 
 
 def cmd_advft(a) -> int:
@@ -232,13 +274,19 @@ def cmd_runs(a) -> int:
 
 
 def attack_config(a) -> AttackConfig:
-    return AttackConfig(attack=a.attack, labels=a.labels, queries=a.queries, surrogate=a.surrogate, seed=a.seed,
-                        sampling=a.sampling, transfer=a.transfer, rounds=a.rounds, evals=a.evals,
-                        eval_size=a.eval_size).validate()
+    """AttackConfig's defaults, then the --scale's budgets (table and sweep), then every option given."""
+    from .experiments import scaled_attack
+
+    options = {"labels": "labels", "queries": "queries", "surrogate": "surrogate", "seed": "seed",
+               "sampling": "sampling", "transfer": "transfer", "rounds": "rounds", "evals": "evals",
+               "eval_size": "eval_size", "epochs": "train_epochs", "patience": "patience"}
+    explicit = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
+    explicit["allow_id_transfer"] = bool(getattr(a, "allow_id_transfer", False))
+    return scaled_attack(_attack_name(a), _scale(a) or "toy", **explicit)
 
 
 def cmd_attack(a) -> int:
-    from .attacks import run_attack
+    from .attacks import check_transfer, run_attack
     from .training import load_victim
 
     out = _writable_folder(a.out)
@@ -248,6 +296,8 @@ def cmd_attack(a) -> int:
     target, data = load_victim(a.target, a.data_dir, device)
     print(f"target: {a.target} ({target.arch} on {data.name}); data: {data.source}; device: {describe(device)}",
           file=sys.stderr)
+    if check_transfer(config, data, a.data_dir):
+        _note(f"warning: the transfer set '{config.transfer}' is the victim's own distribution (--allow-id-transfer)")
     bar = _progress(config.queries, f"{config.attack} vs {defence.name}", "query")
 
     def progress(r: AttackResult):
@@ -265,7 +315,8 @@ def cmd_attack(a) -> int:
                test_accuracy=result.surrogate_acc)
     atomic_write_json(out / "result.json", {**result.to_dict(), "target": str(a.target), "device": describe(device)})
     print(json.dumps({k: getattr(result, k) for k in ("surrogate_acc", "surrogate_best_acc", "agreement", "queries",
-                                                       "target_acc", "seconds", "status")}, indent=2))
+                                                       "target_acc", "epochs_trained", "early_stopped", "id_transfer",
+                                                       "seconds", "status")}, indent=2))
     return 0
 
 
@@ -285,6 +336,7 @@ def _experiment_setup(a):
     The victim and its data are checked here, before any cell runs, so a bad --victim is one line and
     exit status 2. With --executor ray the cells run on the workers' devices: this check runs on this
     machine's CPU, which may have no GPU."""
+    from .attacks import check_transfer
     from .grid import LocalExecutor, make_executor
     from .training import load_victim
 
@@ -301,6 +353,8 @@ def _experiment_setup(a):
         attack = replace(attack, transfer=str(Path(attack.transfer).resolve()))
     victim_name = _portable(a.victim or PRESETS[a.preset]["victim"])
     victim, data = load_victim(victim_name, a.data_dir, device)
+    if check_transfer(attack, data, a.data_dir):  # refused (one line, exit 2) unless --allow-id-transfer
+        _note(f"warning: the transfer set '{attack.transfer}' is the victim's own distribution (--allow-id-transfer)")
     if isinstance(executor, LocalExecutor):
         executor.victims[victim_name] = (victim, data)  # loaded once, for every cell
     return out, device, attack, victim_name, victim, data, executor
@@ -345,9 +399,12 @@ def _where(a, device, result) -> str:
 
 def cmd_table(a) -> int:
     from . import figures
-    from .experiments import format_table, plottable, table_cells, table_report, write_experiment
+    from .experiments import (PAPER_TABLES, TABLE_METHODS, plottable, table_cells, table_html, table_markdown,
+                              table_report, write_experiment)
+    from .training import check_ood
 
     out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
+    methods = tuple(a.rows) if a.rows else TABLE_METHODS
     protected = None
     if a.protected:
         model = load_model(a.protected, "cpu")
@@ -355,14 +412,22 @@ def cmd_table(a) -> int:
             raise CheckpointError(f"'{a.protected}' is a {model.arch} on {model.dataset}, "
                                   f"the victim a {victim.arch} on {victim.dataset}")
         protected = _portable(a.protected)
-    cells = table_cells(victim_name, attack, None if protected else advft_config(a), protected)
+    advft = None if protected or "advft" not in methods else advft_config(a)
+    if advft is not None:
+        check_ood(advft, data)
+    cells = table_cells(victim_name, attack, advft, protected, None, methods, a.seeds, a.seed_rows)
     t0 = time.perf_counter()
     result = _run_cells(a, cells, out, device, executor)
-    report = table_report(cells, result, dataset=data.name, victim_arch=victim.arch)
-    report.update({"victim": victim_name, "protected": a.protected, "device": _where(a, device, result),
-                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1)})
-    markdown = format_table(report["rows"])
-    for line in write_experiment(out, "table", report, figures.table_figure(plottable(report)), markdown):
+    report = table_report(cells, result, methods, dataset=data.name, victim_arch=victim.arch)
+    report.update({"victim": victim_name, "protected": a.protected, "scale": _scale(a), "device": _where(a, device, result),
+                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1),
+                   "command": "python -m core " + " ".join(shlex.quote(x) for x in a.argv)})
+    layout = PAPER_TABLES[attack.attack]["table"]
+    title = (f"{layout} layout: {attack.attack} against AdvFT / DP / AM (simplified) / none, "
+             f"{data.name} {victim.arch} victim ({victim_name})")
+    markdown = table_markdown(report, title)
+    figure = figures.table_figure(plottable(report))
+    for line in write_experiment(out, "table", report, figure, markdown, table_html(report, figure, title)):
         _note(line)
     print(markdown)
     return 1 if result.failed else 0
@@ -372,8 +437,11 @@ def cmd_sweep(a) -> int:
     from . import figures
     from .experiments import epoch_cells, epoch_report, margin_cells, margin_report, plottable, write_experiment
 
+    from .training import check_ood
+
     out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
     advft = advft_config(a)
+    check_ood(advft, data)
     if a.kind == "epochs":
         cells = epoch_cells(victim_name, advft, attack, a.at)
     else:
@@ -384,8 +452,8 @@ def cmd_sweep(a) -> int:
         report = epoch_report(cells, result, advft, attack, data.name)
     else:
         report = margin_report(cells, result, advft, attack, data.name)
-    report.update({"victim": victim_name, "device": _where(a, device, result), "executor": a.executor,
-                   "seconds": round(time.perf_counter() - t0, 1)})
+    report.update({"victim": victim_name, "scale": _scale(a), "device": _where(a, device, result),
+                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1)})
     name = f"sweep_{a.kind}"
     figure = figures.sweep_figure(plottable(report), "epoch" if a.kind == "epochs" else "margin")
     for line in write_experiment(out, name, report, figure):
@@ -450,9 +518,11 @@ def _attack_args(p: argparse.ArgumentParser, target_flag: str) -> None:
                                                       "or a committed victim name such as mnist_lenet2d")
     else:
         p.add_argument("--victim", help="M_R: checkpoint path or committed victim name (default: the preset's victim)")
-    p.add_argument("--attack", default=d.attack, choices=list(ATTACKS))
+    p.add_argument("--attack", choices=list(ATTACKS),
+                   help="default: dfme for `sweep --kind epochs` (the paper's Fig. 4), else knockoff")
     p.add_argument("--labels", default=d.labels, choices=list(LABELS), help="what the thief asks the API for")
-    p.add_argument("--queries", type=_positive_int, default=d.queries, help=f"query budget Q (default {d.queries})")
+    p.add_argument("--queries", type=_positive_int,
+                   help=f"query budget Q (default: the --scale's for table and sweep, else {d.queries})")
     p.add_argument("--surrogate", default=d.surrogate, choices=list(SURROGATES),
                    help="full: the victim arch's full-width counterpart (strong attacker); same: the victim's arch")
     p.add_argument("--sampling", default=d.sampling, choices=list(SAMPLINGS), help="KnockoffNets' query policy")
@@ -465,12 +535,21 @@ def _attack_args(p: argparse.ArgumentParser, target_flag: str) -> None:
                    help=f"DFME's points on the accuracy-vs-queries curve (default {d.evals})")
     p.add_argument("--eval-size", type=_int_range(10, 10**7), default=d.eval_size,
                    help=f"ID test images the surrogate is scored on (default {d.eval_size})")
+    p.add_argument("--train-epochs", type=_int_range(1, 10_000),
+                   help=f"KnockoffNets: passes over the transfer set (the most, with --patience; default {d.epochs})")
+    p.add_argument("--patience", type=_int_range(0, 10_000),
+                   help="KnockoffNets: score the surrogate after every pass and stop once this many passes in a row "
+                        "have not improved its best accuracy (0: train every pass; default 0, or the --scale's)")
+    p.add_argument("--allow-id-transfer", action="store_true",
+                   help="allow a transfer set (or AdvFT OOD source) that is the victim's own training distribution; "
+                        "refused otherwise, and recorded in the result when allowed")
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", required=True, help="folder for the results")
     _common(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .experiments import SCALES, TABLE_METHODS
     from .victim import VictimConfig
 
     p = argparse.ArgumentParser(prog="python -m core", description="AdvFT: adversarial fine-tuning against model extraction.")
@@ -505,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--fake-reduce", choices=["mean", "median"])
     v.add_argument("--lr-schedule", choices=["constant", "cosine"])
     v.add_argument("--ood", choices=list(OOD_SOURCES), help="OOD probe set for plots and OOD metrics")
+    v.add_argument("--allow-id-transfer", action="store_true",
+                   help="allow an --ood source that is the victim's own training distribution (refused otherwise)")
     v.add_argument("--seed", type=_seed)
     v.add_argument("--out", required=True, help="run folder to create")
     v.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
@@ -541,13 +622,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, helptext in (("table", "the paper's Table 2/3: AdvFT vs DP vs AM vs none under one attack"),
                            ("sweep", "Fig. 4 (surrogate accuracy vs AdvFT epochs) or a margin sweep")):
-        e = sub.add_parser(name, help=helptext, description=helptext + "; writes CSV, JSON and an HTML figure.")
+        writes = ("; writes CSV, JSON, Markdown and HTML (the table in the paper's layout with the paper's numbers "
+                  "beside ours, its notes, a figure)." if name == "table" else "; writes CSV, JSON and an HTML figure.")
+        e = sub.add_parser(name, help=helptext, description=helptext + writes)
         _attack_args(e, "--victim")
-        e.add_argument("--preset", default="lecture", choices=list(PRESETS), help="AdvFT settings")
+        e.add_argument("--preset", default="lecture", choices=list(PRESETS),
+                       help="the victim and AdvFT settings (table-mnist: the paper's MNIST LeNet on a CPU)")
+        e.add_argument("--scale", choices=list(SCALES),
+                       help="budgets: toy (KnockoffNets 20k queries, DFME 200k), cpu (KnockoffNets 50k until it stops "
+                            "improving, DFME 1M), paper (the paper's: KnockoffNets 50k for up to 100 passes, DFME 6M, "
+                            "the paper preset's AdvFT with N = 75 / 6; for a GPU). Default: cpu for table-mnist, "
+                            "paper for paper, else toy")
         e.add_argument("--margin", type=_margin, help="AdvFT margin m (default: the preset's)")
         e.add_argument("--epochs", type=_int_range(1, MAX_EPOCHS), help="AdvFT epochs N (default: the preset's)")
+        e.add_argument("--ig", type=_nonneg_int, help="AdvFT generator steps per epoch I_G (default: the preset's)")
+        e.add_argument("--if", type=_positive_int, help="AdvFT model steps per epoch I_F (default: the preset's)")
         if name == "table":
             e.add_argument("--protected", help="an existing protected model.pt for the AdvFT row (skips running AdvFT)")
+            e.add_argument("--rows", type=_csv_rows, help=f"rows to run (default all: {','.join(TABLE_METHODS)})")
+            e.add_argument("--seeds", type=_csv_seeds,
+                           help="run the rows once per seed (e.g. 0,1,2) and report each row's median (default: --seed)")
+            e.add_argument("--seed-rows", type=_csv_rows,
+                           help="with --seeds: the rows that run every seed, e.g. advft,none (the others: the first "
+                                "seed only; default all)")
             e.set_defaults(func=cmd_table)
         else:
             e.add_argument("--kind", default="epochs", choices=["epochs", "margin"])

@@ -241,7 +241,7 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
     fig = make_subplots(1, len(titles), subplot_titles=titles, horizontal_spacing=0.05,
                         column_widths=[0.38, 0.38, 0.24] if zoom else None)
     before, after = panel_points(snapshot, proj, "before"), panel_points(snapshot, proj, "after")
-    _add_points(fig, before, 1, 1, style, classes, ranges, legend=True)
+    _add_points(fig, before, 1, 1, style, classes, ranges, legend=True, tag="before")
     _add_points(fig, after, 1, 2, style, classes, ranges, legend=False, tag="now")
     _square_axes(fig, ranges, 2)
     if zoom:
@@ -258,8 +258,10 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
 def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: Ranges,
                  now_title: str | None = None) -> None:
     """Put a newer snapshot's M_F points into a figure made by fig5_panels for the same run: ~3 ms
-    instead of ~50-150 ms for a rebuild (the live view refreshes twice a second)."""
+    instead of ~50-150 ms for a rebuild (the live view refreshes twice a second). M_R's panel keeps
+    its points but takes the new G(z) stars (M_R's view of the generator's current samples)."""
     p = panel_points(snapshot, proj, "after")
+    before_gen = panel_points(snapshot, proj, "before").gen
 
     def role_points(role: str) -> np.ndarray:
         return p.ood if role == "ood" else p.gen if role == "gen" else p.id[p.labels == int(role[len("class"):])]
@@ -267,8 +269,8 @@ def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: R
     with fig.batch_update():
         for trace in fig.data:
             tag, _, role = (trace.meta or "").partition(":")
-            if tag in ("now", "zoom"):
-                xy = role_points(role)
+            if tag in ("now", "zoom") or (tag, role) == ("before", "gen"):
+                xy = before_gen if tag == "before" else role_points(role)
                 trace.x, trace.y = xy[:, 0], xy[:, 1]
         fig.layout.annotations[1].text = now_title or f"M_F, epoch {snapshot.epoch}"
         _square_axes(fig, ranges, 2)
@@ -371,15 +373,53 @@ def attack_curve(curves: dict[str, list[dict]], style: str = "screen", height: i
     return fig.update_layout(legend=dict(orientation="h", y=-0.25))
 
 
-def table_figure(report: dict, style: str = "screen", height: int = 420) -> go.Figure:
-    """Tables 2-3 as bars: fidelity (Acc_MF) beside the thief's accuracy (Acc_MS after) per defence."""
+KL_FLOOR = 1e-6  # where a KL of exactly 0 (N = 0: M_F is M_R) sits on a log axis
+
+
+def atlas_tradeoff(cells: list, chosen, thief: str = "knockoff", style: str = "screen", height: int = 420) -> go.Figure:
+    """The atlas' trade-off: the thief's best surrogate accuracy (y) against what honest users lose,
+    KL_test (x, log), one point per (m, N) cell, a line per margin through its epochs; the chosen cell
+    ringed. `cells` are core.atlas.AtlasCell, `thief` 'knockoff' or 'dfme'."""
     t = theme(style)
-    rows = report["rows"]
+    fig = go.Figure()
+    margins = sorted({c.margin for c in cells})
+    for i, m in enumerate(margins):
+        row = sorted((c for c in cells if c.margin == m and getattr(c, thief)), key=lambda c: c.epochs)
+        fig.add_trace(go.Scatter(
+            x=[max(c.kl_test, KL_FLOOR) for c in row], y=[100 * getattr(c, thief)["surrogate_best_acc"] for c in row],
+            mode="lines+markers", name=f"m = {m:g}", line=dict(width=t["line_width"], dash=DASHES[i % len(DASHES)]),
+            marker=dict(size=t["marker_size"] + 2), customdata=[[c.epochs, 100 * c.acc_after] for c in row],
+            hovertemplate=f"m = {m:g}, N = %{{customdata[0]}}<br>KL_test %{{x:.1e}}<br>Acc_MF %{{customdata[1]:.2f}}%"
+                          "<br>thief %{y:.1f}%<extra></extra>"))
+    if chosen is not None and getattr(chosen, thief):
+        fig.add_trace(go.Scatter(x=[max(chosen.kl_test, KL_FLOOR)], y=[100 * getattr(chosen, thief)["surrogate_best_acc"]],
+                                 mode="markers", name="this cell", hoverinfo="skip",
+                                 marker=dict(size=4 * t["marker_size"] + 6, symbol="circle-open", color=t["roles"]["m_f"],
+                                             line=dict(width=3))))
+    fig.update_xaxes(type="log", title_text=f"KL_test(P_R || P_F), what honest users lose (N = 0 drawn at {KL_FLOOR:g})")
+    fig.update_yaxes(title_text=f"{'KnockoffNets' if thief == 'knockoff' else 'toy DFME'} surrogate accuracy, best (%)",
+                     rangemode="tozero")
+    return style_layout(fig, style, height, uirevision="atlas-tradeoff", margin=dict(l=60, r=20, t=20, b=50))
+
+
+def table_figure(report: dict, style: str = "screen", height: int = 420) -> go.Figure:
+    """Tables 2-3 as bars: fidelity (Acc_MF) beside the thief's accuracy (Acc_MS after: best over training,
+    the headline, and final) per defence; the paper's Acc_MS after as markers where it has one."""
+    t = theme(style)
+    rows = [r for r in report["rows"] if r.get("status") != "paper only"]
     names = [r["method"] for r in rows]
     fig = go.Figure([go.Bar(name="Acc_MF (honest users)", x=names, y=[r["acc_mf"] for r in rows],
                             marker_color=t["roles"]["m_f"]),
-                     go.Bar(name="Acc_MS after (surrogate)", x=names, y=[r["acc_ms_after"] for r in rows],
-                            marker_color=t["roles"]["ood"])])
+                     go.Bar(name="Acc_MS after, best (surrogate)", x=names, y=[r["acc_ms_after"] for r in rows],
+                            marker_color=t["roles"]["ood"]),
+                     go.Bar(name="Acc_MS after, final", x=names,
+                            y=[r.get("acc_ms_after_final") for r in rows], marker_color=t["roles"]["ood"], opacity=0.45)])
+    paper = [(r["method"], r.get("paper_acc_ms_after")) for r in report["rows"] if r.get("paper_acc_ms_after") is not None]
+    if paper:
+        p = report.get("paper") or {}
+        fig.add_trace(go.Scatter(name=f"paper {p.get('table', '')}: Acc_MS after", x=[n for n, _ in paper],
+                                 y=[v for _, v in paper], mode="markers",
+                                 marker=dict(symbol="diamond", size=12, color=t["roles"]["m_r"])))
     a = report["attack"]
     fig.update_yaxes(title_text="test accuracy", range=[0, 1])
     return style_layout(fig, style, height, barmode="group", margin=dict(l=60, r=20, t=60, b=40),
@@ -387,14 +427,16 @@ def table_figure(report: dict, style: str = "screen", height: int = 420) -> go.F
 
 
 def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420) -> go.Figure:
-    """Fig. 4 (x = 'epoch') or a margin sweep (x = 'margin'): the thief's and the honest users'
-    accuracy on the left axis, KL_test (log) on the right."""
+    """Fig. 4 (x = 'epoch') or a margin sweep (x = 'margin'): the thief's (best over training, the paper's
+    protocol, and final) and the honest users' accuracy on the left axis, KL_test (log) on the right."""
     t = theme(style)
     rows = report["rows"]
     xs = [r[x] for r in rows]
     fig = go.Figure([
-        go.Scatter(name="surrogate Acc_MS", x=xs, y=[r["surrogate_acc"] for r in rows], mode="lines+markers",
+        go.Scatter(name="surrogate Acc_MS, best", x=xs, y=[r["surrogate_best_acc"] for r in rows], mode="lines+markers",
                    line=dict(color=t["roles"]["ood"], width=t["line_width"])),
+        go.Scatter(name="surrogate Acc_MS, final", x=xs, y=[r["surrogate_acc"] for r in rows], mode="lines+markers",
+                   line=dict(color=t["roles"]["ood"], width=t["line_width"], dash="dash"), opacity=0.6),
         go.Scatter(name="protected Acc_MF", x=xs, y=[r["acc_mf"] for r in rows], mode="lines+markers",
                    line=dict(color=t["roles"]["m_f"], width=t["line_width"])),
         go.Scatter(name="KL_test", x=xs, y=[max(r["kl_test"], 1e-12) for r in rows], mode="lines+markers",
