@@ -89,6 +89,17 @@ def wait_loaded(page, timeout_ms: int = 90_000) -> None:
     page.wait_for_function(FIG5_DRAWN, timeout=timeout_ms)
 
 
+def slider_step(page, label: str, key: str = "ArrowRight") -> None:
+    """Move a Streamlit slider one option along from the keyboard, as a user who tabbed to it would."""
+    page.get_by_role("slider", name=label).first.press(key)
+
+
+def wait_mf_change(page, before, timeout_ms: int = 30_000) -> None:
+    """Until the M_F panel's points differ from `before` (a MF_POINTS reading)."""
+    page.wait_for_function(f"before => {{ const now = ({MF_POINTS})(); return now !== null && now !== before; }}",
+                           arg=before, timeout=timeout_ms, polling=10)
+
+
 def job_state(page) -> str:
     el = page.locator(".advft-status span.advft-chip")
     return el.first.inner_text() if el.count() else ""

@@ -29,7 +29,7 @@ from .advft import AdvFTConfig, ConfigError, Snapshot
 from .attacks import AttackConfig
 from .grid import Cell, GridResult
 from .runs import RunDir, RunError, atomic_torch_save, atomic_write_json, read_json
-from .training import half_precision
+from .training import compact
 
 ATLAS_FORMAT = "advft-atlas/1"
 ATLAS_DIR = Path(__file__).resolve().parent.parent / "assets" / "atlas"
@@ -74,11 +74,6 @@ def _attack_summary(result: dict) -> dict:
     return {k: result.get(k) for k in ATTACK_FIELDS}
 
 
-def _compact(snapshot: Snapshot) -> dict:
-    """A snapshot as the bundle stores it: features in float16 (far below a pixel on the plots), no history."""
-    return replace(half_precision(snapshot), history=()).to_dict()
-
-
 def write_bundle(cells: list[Cell], result: GridResult, out: Path, bundle: Path, victim: str, command: str,
                  seconds: float) -> Path:
     """The atlas bundle (atlas.json + snapshots.pt) from a finished grid under `out`. Cells that failed
@@ -103,7 +98,7 @@ def write_bundle(cells: list[Cell], result: GridResult, out: Path, bundle: Path,
                             "acc_mr": record.get("acc_before"),
                             "knockoff": _attack_summary(point["attack"]),
                             "dfme": _attack_summary(point["also"][0]) if point.get("also") else None}
-            snapshots[key] = _compact(run.load_snapshot(n))
+            snapshots[key] = compact(run.load_snapshot(n)).to_dict()
     if not entries:
         raise RunError(f"no atlas cell finished under '{out}': nothing to bundle")
     dataset = next(r["row"]["dataset"] for r in result.records.values() if r["status"] == "done")

@@ -278,14 +278,14 @@ def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTCo
 
 
 RECORDED_DIR = ASSETS / "recorded"
-RECORDED_FRAMES = 36  # frames kept in a recording: a replay of a few seconds, ~1.4 MB a run
+RECORDED_FRAMES = 36  # frames kept in a recording: a replay of a few seconds, ~0.9 MB a run
 
 
 def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_FRAMES) -> RunDir:
     """A compact, read-only copy of a finished run for shipping (assets/recorded): its config, status,
     history, metrics and epoch snapshots, and `frames` of its frames, evenly spaced (the first and the
-    last kept), with features in float16; not its model or state (the app only shows it). `command` is
-    how it was made (shown in the app)."""
+    last kept), made compact; not its model or state (the app only shows it). `command` is how it was
+    made (shown in the app)."""
     import shutil
 
     if run.status().get("status") != "finished":
@@ -299,15 +299,17 @@ def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_F
     steps = run.frame_steps()
     keep = sorted({steps[round(i * (len(steps) - 1) / max(1, frames - 1))] for i in range(min(frames, len(steps)))})
     for snapshot in [run.load_snapshot(e) for e in run.snapshot_epochs()]:
-        out.save_snapshot(half_precision(snapshot))
+        out.save_snapshot(compact(snapshot))
     for step in keep:
-        out.save_frame(half_precision(run.load_frame(step)))
+        out.save_frame(compact(run.load_frame(step)))
     (out.path / "RECORDED.json").write_text(json.dumps({"command": command}, indent=2) + "\n")
     return out
 
 
-def half_precision(snapshot: Snapshot) -> Snapshot:
-    """Features in float16: ~3 significant digits, far below a pixel on the plots, half the bytes."""
+def compact(snapshot: Snapshot) -> Snapshot:
+    """A snapshot for shipping (recordings, atlas bundles): features in float16 (~3 significant digits,
+    far below a pixel on the plots), class labels in one byte, and no history (a run folder has its
+    history.jsonl; the views read the curves from there). A third of the bytes."""
     from dataclasses import replace
 
     from .advft import Features
@@ -315,7 +317,8 @@ def half_precision(snapshot: Snapshot) -> Snapshot:
     def h(f: Features) -> Features:
         return Features(f.id.half(), f.ood.half(), f.gen.half())
 
-    return replace(snapshot, before=h(snapshot.before), after=h(snapshot.after))
+    labels = snapshot.labels.to(torch.uint8) if int(snapshot.labels.max()) < 256 else snapshot.labels
+    return replace(snapshot, before=h(snapshot.before), after=h(snapshot.after), labels=labels, history=())
 
 
 def recorded_runs() -> list[RunDir]:

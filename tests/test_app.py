@@ -377,5 +377,7 @@ def test_record_keeps_a_compact_copy_of_a_finished_run(recorded_run, tmp_path, m
     copy = record(done.run, tmp_path / "copy", "python -m core record --preset lecture", frames=4)
     # frames every 8 steps and at each epoch end (41, 82): 13 of them; 4 kept, evenly spaced
     assert copy.frame_steps() == [0, 32, 56, 82] and copy.snapshot_epochs() == [0, 1, 2]
-    assert copy.load_frame(82).after.ood.dtype == torch.float16 and not copy.model_path.exists()
+    frame = copy.load_frame(82)
+    assert frame.after.ood.dtype == torch.float16 and frame.labels.dtype == torch.uint8 and frame.history == ()
+    assert not copy.model_path.exists() and len(copy.history()) == 3  # the curves come from history.jsonl
     assert copy.summary().status == "finished"
