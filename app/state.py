@@ -35,7 +35,7 @@ UI_PRESETS: dict[str, UIPreset] = {
     "offline": UIPreset("offline demo", "offline", PRESETS["offline"]["victim"]),
     "table-mnist": UIPreset("Tables 2-3 victim (MNIST LeNet), CPU", "table-mnist", PRESETS["table-mnist"]["victim"]),
     "paper": UIPreset("paper settings", "paper", PRESETS["paper"]["victim"]),
-    "fig5": UIPreset("Fig. 5 of the paper", "lecture", FIG5_VICTIM),
+    "fig5": UIPreset("Fig. 5 of the paper", "fig5", FIG5_VICTIM),
 }
 VIEWS = ("full", "simple")        # simple: the teacher-friendly view without the advanced knobs
 STYLES = ("screen", "presentation")

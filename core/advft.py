@@ -111,6 +111,8 @@ PRESETS: dict[str, dict] = {
     "lecture": {"victim": "mnist_lenet2d", "config": {}},
     # The same on the offline default data (no dataset on disk needed).
     "offline": {"victim": "digits_lenet2d", "config": {}},
+    # The paper's Fig. 5 model (the slim ResNet-18 with a 2-D penultimate layer) with the lecture settings.
+    "fig5": {"victim": "mnist_resnet18_2d", "config": {}},
     # The authors' settings (Adam 1e-4, m = 100, median over the fake batch, 500 G steps per epoch).
     "paper": {"victim": "mnist_lenet2d", "config": {
         "margin": 100.0, "epochs": 6, "i_g": 500, "i_f": 4690, "lr_g": 1e-4, "lr_f": 1e-4,
