@@ -5,8 +5,9 @@ The thief only ever sees `BlackBoxAPI.query(x)`: probabilities ("soft") or one-h
     none   the model's softmax
     dp     deceptive perturbation (Lee et al. 2019): reverse sigmoid on each probability,
            y' = y - beta * (sigmoid(gamma * logit(y)) - 1/2), renormalised; the top-1 class is kept
-    am     adaptive misinformation (Kariyappa & Qureshi 2020): low-confidence (OOD-looking) queries
-           get the answer of a model trained to be wrong, blended by a sigmoid of the confidence
+    am     adaptive misinformation, simplified (after Kariyappa & Qureshi, CVPR 2020): low-confidence
+           (OOD-looking) queries get the answer of a model trained to be wrong, blended by a sigmoid of
+           the confidence. Simplified: see AdaptiveMisinformation (shown as "AM (simplified)")
     top1   only the top-1 label is returned (the API answers "hard" whatever the thief asks for)
 AdvFT needs no wrapper: its protected model M_F is put behind the API like any other, so
 AdvFT + DP and the like just work.
@@ -14,13 +15,21 @@ AdvFT + DP and the like just work.
 Attacks (each returns an AttackResult, reports progress, and can be stopped):
     KnockoffNets (Orekondy et al. 2019): natural images (CIFAR-10 as the victim's input shape), chosen
         at random or by a gradient bandit over the pool's classes, answered by the API; the surrogate is
-        trained with soft cross-entropy.
+        trained with soft cross-entropy, for a fixed number of passes or (patience > 0) until its test
+        accuracy stops improving.
     DFME (Truong et al. 2021): a generator G proposes queries; its gradient is estimated from the API's
         answers by forward differences (zeroth order); the student matches the victim with an L1 loss on
         mean-centred log-probabilities. Queries per iteration = batch x (g_iter x (m + 1) + d_iter).
 
 Surrogate: "full" (default) = FULL_WIDTH[victim arch], the strong attacker; "same" = the victim's arch
-(a 2-D bottleneck trains unreliably, hence not the default). Nothing here knows about a UI.
+(a 2-D bottleneck trains unreliably, hence not the default; for the full-width `lenet` both are `lenet`).
+Every result records the final surrogate accuracy (surrogate_acc) and the best over training
+(surrogate_best_acc, the protocol of the AdvFT, DFME and KnockoffNets papers).
+
+No silent ID transfer sets: a KnockoffNets transfer set that is the victim's own training distribution
+(the same named dataset, or an .npz whose images are copies of the victim's train/test images) is
+refused with a ConfigError unless AttackConfig.allow_id_transfer; an allowed one is recorded in the
+result (id_transfer). Nothing here knows about a UI.
 """
 
 from __future__ import annotations
@@ -116,10 +125,16 @@ class DeceptivePerturbation:
 
 
 class AdaptiveMisinformation:
-    """Adaptive misinformation (Kariyappa & Qureshi 2020).
+    """Adaptive misinformation, SIMPLIFIED (after Kariyappa & Qureshi, CVPR 2020); labelled "AM (simplified)".
 
     alpha = sigmoid(sharpness * (threshold - max softmax)); answer = (1 - alpha) P_model + alpha P_misinfo.
     With sharpness = inf alpha is the hard switch 1[max softmax < threshold].
+
+    What is simplified against the original: (1) the OOD detector is the victim's own max softmax, with no
+    outlier-exposure training of the defended model; (2) the misinformation model is the victim's frozen
+    features with a re-trained head (train_misinformation_model), not a separately trained network;
+    (3) the threshold (0.5) and sharpness nu (100) are this project's choices, not the original's values
+    picked for a target ID accuracy.
     """
 
     def __init__(self, misinformation: nn.Module, threshold: float = 0.5, sharpness: float = 100.0):
@@ -248,7 +263,14 @@ class AttackConfig:
     # KnockoffNets
     sampling: str = "random"       # random | adaptive (gradient bandit over the transfer pool's classes)
     transfer: str = "cifar10"      # cifar10 (falls back to offline natural crops) | natural | path to an .npz
-    epochs: int = 20               # passes over the transfer set, in total
+    epochs: int = 20               # passes over the transfer set, in total (the most, with patience)
+    # Convergence: with patience P > 0 the surrogate is scored after every pass over the (final) transfer
+    # set, and training stops once P passes in a row have not raised the best accuracy by min_delta. The
+    # cosine learning rate still spans `epochs` passes. 0 = train all `epochs`, scored once at the end.
+    patience: int = 0
+    min_delta: float = 0.001
+    # A transfer set drawn from the victim's own training distribution is refused unless this is set.
+    allow_id_transfer: bool = False
     batch_size: int = 64
     lr: float = 3e-3               # Adam, cosine-decayed to 0 (best of 3e-4..1e-2 against the first victim)
     # Query/train rounds = points on the accuracy-vs-queries curve. 1 = KnockoffNets' own procedure
@@ -281,7 +303,7 @@ class AttackConfig:
         need(self.labels in LABELS, f"labels must be one of {LABELS} (got '{self.labels}')")
         need(self.surrogate in SURROGATES, f"surrogate must be one of {SURROGATES} (got '{self.surrogate}')")
         need(self.sampling in SAMPLINGS, f"sampling must be one of {SAMPLINGS} (got '{self.sampling}')")
-        for name, low in (("queries", 1), ("eval_size", 10), ("epochs", 1), ("batch_size", 2), ("rounds", 1),
+        for name, low in (("queries", 1), ("eval_size", 10), ("epochs", 1), ("batch_size", 2), ("rounds", 1), ("patience", 0),
                           ("dfme_batch", 2), ("directions", 1), ("g_iter", 1), ("d_iter", 1),
                           ("latent_dim", 1), ("gen_width", 1), ("evals", 1)):
             whole(name, low)
@@ -291,6 +313,9 @@ class AttackConfig:
         for name in ("lr", "lr_student", "lr_generator", "eps", "bandit_lr"):
             v = getattr(self, name)
             need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, f"{name} must be a number > 0 (got {v})")
+        need(isinstance(self.min_delta, (int, float)) and math.isfinite(self.min_delta) and 0 <= self.min_delta <= 1,
+             f"min_delta must be a number in [0, 1] (got {self.min_delta})")
+        need(isinstance(self.allow_id_transfer, bool), f"allow_id_transfer must be true or false (got {self.allow_id_transfer})")
         if self.attack == "dfme":
             need(self.queries >= self.queries_per_iteration,
                  f"a DFME iteration costs {self.queries_per_iteration} queries (batch {self.dfme_batch} x "
@@ -322,10 +347,14 @@ class AttackResult:
     done: float = 0.0              # share of the attack's work done (training steps / DFME iterations), 0..1
     queries: int = 0               # queries used so far
     surrogate_acc: float | None = None        # latest (final once finished) surrogate test accuracy
-    surrogate_best_acc: float | None = None   # best over the curve (DFME reports this one)
+    surrogate_best_acc: float | None = None   # best over training: every curve and train_curve point (the papers' protocol)
     agreement: float | None = None            # top-1 agreement of surrogate and target model on the test set
     target_acc: float | None = None           # the attacked model's own test accuracy (what the API serves)
     curve: list[dict] = field(default_factory=list)  # {queries, acc, agreement, seconds}
+    train_curve: list[dict] = field(default_factory=list)  # KnockoffNets with patience: {epoch, acc, agreement, seconds}
+    epochs_trained: int | None = None         # KnockoffNets: passes over the final transfer set actually trained
+    early_stopped: bool = False               # KnockoffNets: stopped by its patience (the accuracy had stopped improving)
+    id_transfer: bool = False                 # the transfer set was the victim's own distribution (allowed explicitly)
     seconds: float = 0.0
     surrogate_arch: str = ""
     transfer_source: str | None = None        # KnockoffNets: where the query images came from
@@ -383,8 +412,32 @@ class _Scoreboard:
             r.curve[-1] = point
         else:
             r.curve.append(point)
-        r.surrogate_best_acc = max(p["acc"] for p in r.curve)
+        r.surrogate_best_acc = best_accuracy(r.curve, r.train_curve)
         self.report(phase, done)
+
+    def score_pass(self, surrogate: nn.Module, epoch: int, done: float) -> float:
+        """Score the surrogate after a pass over the transfer set (a train_curve point); returns its accuracy."""
+        was_training = surrogate.training
+        logits = outputs(surrogate.eval(), self.x_test, self.api.device)[1]
+        surrogate.train(was_training)
+        r = self.result
+        r.surrogate_acc, r.agreement = accuracy(logits, self.y_test), agreement(logits, self.target_logits)
+        r.train_curve.append({"epoch": epoch, "acc": r.surrogate_acc, "agreement": r.agreement,
+                              "seconds": round(time.perf_counter() - self.t0, 3)})
+        r.surrogate_best_acc = best_accuracy(r.curve, r.train_curve)
+        self.report(f"training (pass {epoch}, accuracy {r.surrogate_acc:.4f})", done)
+        return r.surrogate_acc
+
+    def add_point(self, **extra) -> None:
+        """A curve point from the latest score (the surrogate has not changed since), without scoring again."""
+        r = self.result
+        point = {"queries": self.api.queries_used, "acc": r.surrogate_acc, "agreement": r.agreement,
+                 "seconds": round(time.perf_counter() - self.t0, 3), **extra}
+        if r.curve and r.curve[-1]["queries"] == point["queries"]:
+            r.curve[-1] = point
+        else:
+            r.curve.append(point)
+        r.surrogate_best_acc = best_accuracy(r.curve, r.train_curve)
 
     def finish(self, surrogate: nn.Module) -> AttackResult:
         if not self.result.curve or self.result.curve[-1]["queries"] != self.api.queries_used:
@@ -394,6 +447,12 @@ class _Scoreboard:
         r.surrogate = surrogate.eval()
         self.report(r.status, None if self.stopped else 1.0)
         return r
+
+
+def best_accuracy(*curves: list[dict]) -> float | None:
+    """The best surrogate accuracy over every point of the given curves (None when there is none)."""
+    accs = [p["acc"] for c in curves for p in c if p.get("acc") is not None]
+    return max(accs) if accs else None
 
 
 def make_surrogate(target: Classifier, choice: str, seed: int) -> Classifier:
@@ -475,6 +534,57 @@ def transfer_pool(source: str, shape: tuple[int, int, int], need: int, data_dir=
     else:
         groups, names = _clusters(t, 10, seed), tuple(f"cluster {i}" for i in range(10))
     return TransferPool(t, groups, names, f"npz file {path} ({len(t)} images), as {shape}", shape)
+
+
+# ---------------------------------------------------------------- no silent ID transfer sets
+
+ID_OVERLAP = 0.1        # share of sampled transfer images found among the victim's own images that makes it ID
+ID_SAMPLE = 256         # transfer images sampled for that check
+
+
+def _image_keys(x: torch.Tensor) -> set[bytes]:
+    flat = x.reshape(len(x), -1).contiguous().numpy()
+    return {row.tobytes() for row in flat}
+
+
+def id_transfer_reason(source: str, data: Dataset, pool: "TransferPool | None" = None) -> str | None:
+    """Why a KnockoffNets transfer set is the victim's own training distribution, or None when it is not.
+
+    By name: the source names the victim's dataset (cifar10 against a CIFAR-10 victim). By content (with
+    the loaded pool): at least 10% of up to 256 transfer images, spread over the pool, are exact copies of
+    the victim's train or test images (an .npz holding the victim's data, or a part of it)."""
+    if source == data.name:
+        return f"the transfer set '{source}' is the victim's own training distribution ({data.name})"
+    if pool is None or source in ("cifar10", "natural"):
+        return None
+    idx = torch.linspace(0, len(pool) - 1, min(ID_SAMPLE, len(pool))).round().long().unique()
+    own = _image_keys(data.x_train) | _image_keys(data.x_test)
+    found = sum(k in own for k in (row.tobytes() for row in pool.take(idx).reshape(len(idx), -1).numpy()))
+    if found >= ID_OVERLAP * len(idx):
+        return (f"{found} of {len(idx)} sampled transfer images ({pool.source}) are copies of the victim's own "
+                f"{data.name} images")
+    return None
+
+
+def check_transfer(config: "AttackConfig", data: Dataset, data_dir=None) -> bool:
+    """Refuse (ConfigError, one line) a KnockoffNets transfer set from the victim's own distribution unless
+    config.allow_id_transfer; returns whether it is one (allowed). Loads an .npz transfer set to look at
+    its images; named sources are judged by name. DFME has no transfer set: always False."""
+    if config.attack != "knockoff":
+        return False
+    pool = None
+    if config.transfer not in ("cifar10", "natural"):
+        pool = transfer_pool(config.transfer, data.shape, 0, data_dir, config.seed)
+    return _id_verdict(id_transfer_reason(config.transfer, data, pool), config)
+
+
+def _id_verdict(reason: str | None, config: "AttackConfig") -> bool:
+    if reason is None:
+        return False
+    if not config.allow_id_transfer:
+        raise ConfigError(f"{reason}: the attack would query with ID data; use an OOD transfer set, or allow it "
+                          "explicitly (--allow-id-transfer, AttackConfig.allow_id_transfer)")
+    return True
 
 
 class RandomSampler:
@@ -569,6 +679,10 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
     for its share of the steps on everything answered so far, then score it (a curve point). The
     shares grow with the data (round k trains ~k times as long as round 1), and sum to `epochs` passes
     over the final transfer set, as KnockoffNets' train-after-querying (rounds = 1) does.
+
+    With config.patience > 0 the last round scores the surrogate after every pass over the transfer set
+    (result.train_curve) and stops once `patience` passes in a row have not raised the best accuracy by
+    min_delta (result.early_stopped); surrogate_acc is the final model's, surrogate_best_acc the best.
     """
     t0 = time.perf_counter()
     config = config.validate()
@@ -581,7 +695,9 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
     if len(pool) < budget:
         raise DataError(f"the transfer set has {len(pool)} images, fewer than the {budget} queries asked for "
                         f"({pool.source}); lower the budget")
-    board.result.transfer_source = pool.source
+    board.result.id_transfer = _id_verdict(id_transfer_reason(config.transfer, data, pool), config)
+    board.result.transfer_source = pool.source + (" [the victim's own distribution, allowed explicitly]"
+                                                  if board.result.id_transfer else "")
     g = torch.Generator().manual_seed(config.seed)
     if config.sampling == "adaptive":
         sampler = BanditSampler(pool, g, config.bandit_lr)
@@ -600,6 +716,8 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
     answers = torch.empty(budget, len(data.classes))
     got = steps_done = 0
     board.score(surrogate, "querying")
+    last = config.rounds - 1
+    best, since_best, scored_at = -math.inf, 0, None
     for r in range(config.rounds):
         while got < bounds[r + 1] and not board.should_stop():
             n = min(QUERY_CHUNK, bounds[r + 1] - got)
@@ -627,10 +745,27 @@ def knockoff(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Def
             loss.backward()
             opt.step()
             sched.step()
+            if r == last and config.patience and ((step + 1) % steps_per_pass == 0 or step + 1 == steps_per_round[r]):
+                passes = math.ceil((step + 1) / steps_per_pass)
+                acc = board.score_pass(surrogate, passes, steps_done / total_steps)
+                scored_at, board.result.epochs_trained = steps_done, passes
+                if acc > best + config.min_delta:
+                    best, since_best = acc, 0
+                else:
+                    since_best += 1
+                if since_best >= config.patience:
+                    board.result.early_stopped = True
+                    break
+        if r == last and not config.patience:
+            board.result.epochs_trained = math.ceil(steps_per_round[r] / steps_per_pass)
         board.result.extra = sampler.state()
         if board.stopped:
             break
-        board.score(surrogate, "training", steps_done / total_steps, round=r + 1)
+        if scored_at == steps_done:  # the pass just scored is this round's end: the same model, no second scoring
+            board.add_point(round=r + 1)
+            board.report("training", steps_done / total_steps)
+        else:
+            board.score(surrogate, "training", steps_done / total_steps, round=r + 1)
     return board.finish(surrogate)
 
 

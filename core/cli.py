@@ -323,9 +323,9 @@ def cmd_attack(a) -> int:
 def _portable(path: str | None) -> str | None:
     """A committed victim's name as it is; any other path made absolute, so cells running elsewhere
     (a Ray worker's folder, another node with the same checkout) read the same file."""
-    from .training import committed_victims
+    from .training import VICTIM_COMMANDS, committed_victims
 
-    if path is None or path in committed_victims():
+    if path is None or path in committed_victims() or path in VICTIM_COMMANDS:  # a known name stays a name
         return path
     return str(Path(path).resolve())
 

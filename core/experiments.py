@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import html
 import io
+import json
+import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -46,11 +49,55 @@ from .runs import atomic_write_bytes, atomic_write_json
 from .training import RecordedRun, drive, load_victim, new_trainer
 
 TABLE_METHODS = ("advft", "dp", "am", "none")
-TABLE_COLUMNS = ("method", "acc_mr", "acc_ms_before", "q", "m", "n", "acc_mf", "acc_ms_after", "kl_train", "kl_test")
-TABLE_ROW = (*TABLE_COLUMNS, "acc_ms_after_best", "agreement", "status")
+# The paper's layout: before defence (Acc_MR, Acc_MS, Q), after defence (m, N, Acc_MF, Acc_MS, KL_train,
+# KL_test). Acc_MS is the best surrogate accuracy over training (the paper's protocol, the headline);
+# *_final is the surrogate's accuracy at the end of training.
+TABLE_COLUMNS = ("method", "acc_mr", "acc_ms_before", "acc_ms_before_final", "q", "m", "n", "acc_mf", "acc_ms_after",
+                 "acc_ms_after_final", "kl_train", "kl_test")
+PAPER_COLUMNS = ("paper_acc_mr", "paper_acc_ms_before", "paper_q", "paper_m", "paper_n", "paper_acc_mf",
+                 "paper_acc_ms_after", "paper_kl_train", "paper_kl_test")
+TABLE_ROW = (*TABLE_COLUMNS, "agreement", "epochs_trained", "early_stopped", "id_transfer", "status", *PAPER_COLUMNS)
 SWEEP_ROW = ("acc_mf", "kl_test", "ood_agreement", "surrogate_acc", "surrogate_best_acc", "agreement", "queries",
              "attack_seconds", "status")
-METHOD_LABELS = {"advft": "AdvFT", "dp": "DP", "am": "AM", "none": "none"}
+METHOD_LABELS = {"advft": "AdvFT", "dp": "DP", "am": "AM (simplified)", "none": "none",
+                 "cip": "CIP (paper only, no public code)"}
+AM_SIMPLIFIED = ("AM (simplified): Kariyappa & Qureshi's adaptive misinformation without outlier exposure (the "
+                 "victim's own max softmax detects OOD queries), with a misinformation model that re-trains only the "
+                 "victim's head, and this project's threshold 0.5 and sharpness 100.")
+
+# The paper's MNIST rows (Table 2: DFME; Table 3: KnockoffNets), as printed. Table 3 has no Acc_MR or KL
+# columns, and no row without a defence; the paper has no AM row.
+PAPER_TABLES = {
+    "dfme": {"table": "Table 2", "model": "MNIST-LeNet", "attack": "DFME, Q = 6M",
+             "note": "Acc_MR 99.41%; Acc_MS before 99.21%",
+             "before": {"acc_mr": 0.9941, "acc_ms_before": 0.9921, "q": 6_000_000},
+             "rows": {"advft": {"m": 100, "n": 6, "acc_mf": 0.9943, "acc_ms_after": 0.1035, "kl_train": 1.2e-4,
+                                "kl_test": 1.6e-3},
+                      "dp": {"acc_mf": 0.9941, "acc_ms_after": 0.3843, "kl_train": 1.77, "kl_test": 1.76},
+                      "cip": {"acc_mf": 0.9938, "acc_ms_after": 0.1243, "kl_train": 0.15, "kl_test": 0.23}}},
+    "knockoff": {"table": "Table 3", "model": "MNIST (LeNet)", "attack": "KnockoffNets, Q = 50K (ImageNet images)",
+                 "note": "no Acc_MR or KL columns in Table 3; Acc_MS before 98.90%",
+                 "before": {"acc_ms_before": 0.9890, "q": 50_000},
+                 "rows": {"advft": {"m": 100, "n": 75, "acc_mf": 0.9942, "acc_ms_after": 0.2133},
+                          "dp": {"acc_mf": 0.9941, "acc_ms_after": 0.8083},
+                          "cip": {"acc_mf": 0.9935, "acc_ms_after": 0.2583}}},
+}
+
+
+def paper_numbers(dataset: str | None, attack: str) -> dict | None:
+    """The paper's MNIST block for this attack (None for other datasets: the paper's other rows use ResNet-18s)."""
+    return PAPER_TABLES.get(attack) if dataset == "mnist" else None
+
+
+def _paper_row(paper: dict | None, method: str) -> dict:
+    """paper_* columns of one row: the block's before-defence numbers and the method's own (None where the
+    paper has no number: Table 3's Acc_MR and KL, every AM and none after-defence cell)."""
+    out = dict.fromkeys(PAPER_COLUMNS)
+    if paper is None:
+        return out
+    out.update({f"paper_{k}": v for k, v in paper["before"].items()})
+    out.update({f"paper_{k}": v for k, v in paper["rows"].get(method, {}).items()})
+    return out
 Note = Callable[[str], None]
 
 
@@ -174,64 +221,139 @@ def plottable(report: dict) -> dict:
 
 
 def table_cells(victim: str, attack: AttackConfig, advft: AdvFTConfig | None = None, protected: str | None = None,
-                defence: DefenceConfig | None = None, methods=TABLE_METHODS) -> list[Cell]:
+                defence: DefenceConfig | None = None, methods=TABLE_METHODS, seeds: list[int] | None = None,
+                seed_rows=None) -> list[Cell]:
     """The table as a grid: `before` (the attack on the unprotected victim: the none row and every row's
     Acc_MS before), then a cell per other row. The AdvFT row attacks `protected` when given, else runs
-    AdvFT with `advft` (default: the lecture preset) into the run folder `advft`."""
+    AdvFT with `advft` (default: the lecture preset) into the run folder `advft`.
+
+    seeds: run every row once per seed (the seed of the attack, of AM's misinformation model and of
+    AdvFT), cells named <row>-s<seed>; the report gives each row's median. seed_rows: the rows that get
+    every seed (default all); the others run at the first seed only. Without seeds: attack.seed, one cell
+    per row, named as before (before, advft, dp, am)."""
     unknown = [m for m in methods if m not in TABLE_METHODS]
     if unknown:
         raise ConfigError(f"unknown table rows {unknown}; choose from {TABLE_METHODS}")
+    if not methods:
+        raise ConfigError("the table needs at least one row")
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ConfigError(f"seeds must be distinct and at least one (got {seeds})")
+    bad = [m for m in (seed_rows or ()) if m not in TABLE_METHODS]
+    if bad:
+        raise ConfigError(f"unknown seed rows {bad}; choose from {TABLE_METHODS}")
     attack = attack.validate()
-    base = replace(defence or DefenceConfig(), seed=attack.seed).validate()
-    a, none = asdict(attack), asdict(replace(base, name="none"))
-    cells = [Cell("before", victim, a, none, fidelity=True)]
-    for method in methods:
-        if method == "advft" and protected is not None:
-            cells.append(Cell("advft", victim, a, none, target=str(protected), fidelity=True))
-        elif method == "advft":
-            config = (advft or preset_config("lecture")).validate()
-            cells.append(Cell("advft", victim, a, none, advft=asdict(config), fidelity=True))
-        elif method != "none":
-            cells.append(Cell(method, victim, a, asdict(replace(base, name=method)), fidelity=True))
+    base = (defence or DefenceConfig()).validate()
+    config = None if protected is not None else (advft or preset_config("lecture")).validate()
+    seeded = set(seed_rows if seed_rows is not None else TABLE_METHODS)
+    cells = []
+
+    def name(row: str, seed: int) -> str:
+        return row if seeds is None else f"{row}-s{seed}"
+
+    for i, seed in enumerate(seeds if seeds is not None else [attack.seed]):
+        a = asdict(replace(attack, seed=seed))
+        d = replace(base, seed=seed)
+        none = asdict(replace(d, name="none"))
+        wanted = [m for m in methods if i == 0 or m in seeded]
+        if i == 0 or "none" in wanted:  # the first seed's `before` gives every row its Acc_MS before
+            cells.append(Cell(name("before", seed), victim, a, none, fidelity=True))
+        for method in wanted:
+            if method == "advft" and protected is not None:
+                cells.append(Cell(name("advft", seed), victim, a, none, target=str(protected), fidelity=True))
+            elif method == "advft":
+                cells.append(Cell(name("advft", seed), victim, a, none, advft=asdict(replace(config, seed=seed)
+                                                                                    if seeds is not None else config),
+                                  fidelity=True))
+            elif method != "none":
+                cells.append(Cell(name(method, seed), victim, a, asdict(replace(d, name=method)), fidelity=True))
     return cells
+
+
+def _cell_seed(cell: Cell) -> int:
+    return cell.attack["seed"]
+
+
+def _median(values: list):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    return float(statistics.median(vals)) if all(isinstance(v, (int, float)) for v in vals) else vals[0]
 
 
 def table_report(cells: list[Cell], result: GridResult, methods=TABLE_METHODS, dataset: str | None = None,
                  victim_arch: str | None = None) -> dict:
     """The table's report from its grid: {"rows": [...], "results": {...}, ...} as written by `table`. A
-    failed cell is a row with its message; a cell that never ran (the grid was stopped) has no row."""
-    by_name = {c.name: c for c in cells}
-    before = result.row("before")
-    acc_ms_before = before["points"][0]["attack"]["surrogate_acc"] if before else None
+    failed cell is a row with its message; a cell that never ran (the grid was stopped) has no row.
+
+    Acc_MS before / after are the best surrogate accuracy over training (the paper's protocol; the
+    headline), *_final the last model's. With several seeds every number is the median over the seeds
+    that row ran (`seeds`), and `per_seed` keeps each seed's values. Paper numbers (Tables 2-3, MNIST)
+    join as paper_* columns for an MNIST victim, with the paper's CIP row (no public code) after ours."""
+    base = {c.name: c for c in cells}
+    befores = [c for c in cells if c.name.split("-s")[0] == "before"]
+    failed_before = [c.name for c in befores if c.name in result.failed]
+    before_results = [result.row(c.name)["points"][0]["attack"] for c in befores
+                      if c.name not in result.failed and result.row(c.name) is not None]
+    acc_ms_before = _median([r["surrogate_best_acc"] for r in before_results])
+    acc_ms_before_final = _median([r["surrogate_acc"] for r in before_results])
+    attack = befores[0].attack
+    paper = paper_numbers(dataset, attack["attack"])
     rows, results = [], {}
     for method in methods:
-        name = "before" if method == "none" else method
-        if name in result.failed:
-            rows.append(_failed_row(result.records[name], TABLE_ROW, method=METHOD_LABELS[method],
-                                    acc_ms_before=acc_ms_before))
+        row_name = "before" if method == "none" else method
+        mine = [c for c in cells if c.name.split("-s")[0] == row_name]
+        label = METHOD_LABELS[method]
+        known = {"acc_ms_before": acc_ms_before, "acc_ms_before_final": acc_ms_before_final, **_paper_row(paper, method)}
+        failed = [c.name for c in mine if c.name in result.failed]
+        if failed:
+            record = result.records[failed[0]]
+            rows.append(_failed_row(record, TABLE_ROW, method=label, **known))
             continue
-        cell_row = result.row(name)
-        if cell_row is None:
+        done = [(c, result.row(c.name)) for c in mine if result.row(c.name) is not None]
+        if not done:
             continue  # never ran: the grid was stopped
-        point = cell_row["points"][-1]
-        fid, r = point["fidelity"], point["attack"]
-        results[method] = r
-        rows.append({"method": METHOD_LABELS[method], "acc_mr": cell_row["acc_mr"], "acc_ms_before": acc_ms_before,
-                     "q": r["queries"], "m": cell_row["m"], "n": cell_row["n"],
-                     "acc_mf": fid["acc_mf"], "acc_ms_after": r["surrogate_acc"],
-                     "kl_train": fid["kl_train"], "kl_test": fid["kl_test"],
-                     "acc_ms_after_best": r["surrogate_best_acc"], "agreement": r["agreement"], "status": r["status"]})
-    first = by_name["before"]
-    advft = by_name.get("advft")
-    return {"rows": rows, "results": results, "attack": first.attack, "defence": first.defence,
+        per_seed = {}
+        for cell, cell_row in done:
+            point = cell_row["points"][-1]
+            fid, r = point["fidelity"], point["attack"]
+            per_seed[_cell_seed(cell)] = {
+                "acc_mr": cell_row["acc_mr"], "q": r["queries"], "m": cell_row["m"], "n": cell_row["n"],
+                "acc_mf": fid["acc_mf"], "acc_ms_after": r["surrogate_best_acc"], "acc_ms_after_final": r["surrogate_acc"],
+                "kl_train": fid["kl_train"], "kl_test": fid["kl_test"], "agreement": r["agreement"],
+                "epochs_trained": r.get("epochs_trained"), "early_stopped": r.get("early_stopped"),
+                "id_transfer": r.get("id_transfer", False), "status": r["status"]}
+            results[method if len(done) == 1 else f"{method}-s{_cell_seed(cell)}"] = r
+        keys = ("acc_mr", "q", "m", "n", "acc_mf", "acc_ms_after", "acc_ms_after_final", "kl_train", "kl_test", "agreement")
+        row = {"method": label, **{k: _median([s[k] for s in per_seed.values()]) for k in keys},
+               "acc_ms_before": acc_ms_before, "acc_ms_before_final": acc_ms_before_final,
+               "seeds": sorted(per_seed), "epochs_trained": _median([s["epochs_trained"] for s in per_seed.values()]),
+               "early_stopped": all(s["early_stopped"] for s in per_seed.values()),
+               "id_transfer": any(s["id_transfer"] for s in per_seed.values()),
+               "status": "finished" if all(s["status"] == "finished" for s in per_seed.values()) else "stopped",
+               **known}
+        for k in ("q", "n"):  # counts stay whole numbers
+            row[k] = None if row[k] is None else int(row[k]) if float(row[k]).is_integer() else row[k]
+        if len(per_seed) > 1:
+            row["per_seed"] = {str(s): {k: v[k] for k in ("acc_mf", "acc_ms_after", "acc_ms_after_final", "kl_test")}
+                               for s, v in per_seed.items()}
+        rows.append({k: row[k] for k in (*TABLE_ROW, "seeds", "per_seed") if k in row})
+    if paper is not None and "cip" in paper["rows"]:
+        rows.append({**dict.fromkeys(TABLE_ROW), "method": METHOD_LABELS["cip"], "status": "paper only",
+                     **_paper_row(paper, "cip")})
+    advft = next((c for c in cells if c.name.split("-s")[0] == "advft"), None)
+    seeds = sorted({_cell_seed(c) for c in cells})
+    return {"rows": rows, "results": results, "attack": attack, "defence": befores[0].defence,
             "advft": advft.advft if advft is not None else None,  # None when the row attacked --protected
-            "dataset": dataset, "victim_arch": victim_arch, "cells": cells_summary(result)}
+            "dataset": dataset, "victim_arch": victim_arch, "seeds": seeds,
+            "id_transfer": any(r.get("id_transfer") for r in rows),
+            "paper": None if paper is None else {k: paper[k] for k in ("table", "model", "attack", "note")},
+            "failed_before": failed_before, "cells": cells_summary(result)}
 
 
 def attack_table(victim: Classifier, data: Dataset, attack: AttackConfig, advft: AdvFTConfig | None = None,
                  protected: str | None = None, defence: DefenceConfig | None = None, data_dir=None,
                  methods=TABLE_METHODS, out: Path | None = None, victim_name: str = "",
-                 note: Note = _quiet, should_stop=None) -> dict:
+                 note: Note = _quiet, should_stop=None, seeds: list[int] | None = None, seed_rows=None) -> dict:
     """The paper's Table 2/3 for one already loaded victim, attack and budget, in this process: its cells'
     records and the AdvFT run folder go under `out` (out/advft). A failed cell raises CellFailed.
 
@@ -239,7 +361,7 @@ def attack_table(victim: Classifier, data: Dataset, attack: AttackConfig, advft:
     (M_F's softmax, the perturbed softmax of DP / AM, P_R itself for none), whatever the thief asks for."""
     if out is None:
         raise ConfigError("the table needs a folder (out) for its cells and its AdvFT run")
-    cells = table_cells(victim_name, attack, advft, protected, defence, methods)
+    cells = table_cells(victim_name, attack, advft, protected, defence, methods, seeds, seed_rows)
     result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop)
     return table_report(cells, result, methods, data.name, victim.arch)
 
@@ -348,23 +470,68 @@ def margin_sweep(victim: Classifier, data: Dataset, advft: AdvFTConfig, attack: 
     return margin_report(cells, result, advft, attack, data.name)
 
 
+# ---------------------------------------------------------------- budgets: --scale
+
+
+SCALES = ("toy", "cpu", "paper")
+# Attack settings per scale (AttackConfig fields; explicit options override them):
+#   toy    the lecture-size defaults (KnockoffNets 20k queries, 20 passes; DFME 200k queries)
+#   cpu    the paper's KnockoffNets budget (50k queries) trained until its test accuracy stops improving (a
+#          pass-by-pass score, patience 5, at most 30 passes), DFME at 1M queries (the largest budget that
+#          fits a 2-core CPU in minutes per row, not the paper's 6M)
+#   paper  the paper's budgets, for a GPU: KnockoffNets 50k queries for up to 100 passes (KnockoffNets' own
+#          epochs; patience 10), DFME 6M queries with the original's batch 256 and generator (latent 256, ngf 64)
+SCALE_ATTACKS = {
+    "toy": {"knockoff": {}, "dfme": {"queries": 200_000}},
+    "cpu": {"knockoff": {"queries": 50_000, "epochs": 30, "patience": 5}, "dfme": {"queries": 1_000_000}},
+    "paper": {"knockoff": {"queries": 50_000, "epochs": 100, "patience": 10},
+              "dfme": {"queries": 6_000_000, "dfme_batch": 256, "latent_dim": 256, "gen_width": 64}},
+}
+# --scale paper also takes the AdvFT settings of the `paper` preset, with the N of the paper's table for the
+# attack (Table 2, DFME: N = 6; Table 3, KnockoffNets: N = 75).
+PAPER_EPOCHS = {"dfme": 6, "knockoff": 75}
+PRESET_SCALES = {"table-mnist": "cpu", "paper": "paper"}  # a preset's default scale; the others: toy
+
+
+def default_scale(preset: str) -> str:
+    return PRESET_SCALES.get(preset, "toy")
+
+
+def scaled_attack(attack: str, scale: str, **explicit) -> AttackConfig:
+    """The attack config of a scale: AttackConfig's defaults < the scale's < `explicit` (options the user gave)."""
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
+    return AttackConfig(**{"attack": attack, **SCALE_ATTACKS[scale][attack], **explicit}).validate()
+
+
+def scaled_advft(preset: str, scale: str, attack: str, **explicit) -> AdvFTConfig:
+    """The AdvFT config of a preset at a scale: the preset's, or at scale `paper` the paper preset's with the
+    N of the paper's table for `attack`; `explicit` (options the user gave) last."""
+    if scale == "paper":
+        return preset_config("paper", **{"epochs": PAPER_EPOCHS[attack], **explicit}).validate()
+    return preset_config(preset, **explicit).validate()
+
+
 # ---------------------------------------------------------------- writing results
 
 
-def write_experiment(out: Path, name: str, report: dict, figure, markdown: str | None = None) -> list[str]:
+def write_experiment(out: Path, name: str, report: dict, figure, markdown: str | None = None,
+                     html_page: str | None = None) -> list[str]:
     """<name>.csv, .json, .html (and .md when given, .png with kaleido) in `out`, atomically; returns
-    notes for the user."""
+    notes for the user. `html_page` replaces the figure's own page (it should embed the figure)."""
     rows = report["rows"]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["empty"])
+    flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in rows]
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)) or ["empty"])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(flat)
     atomic_write_bytes(out / f"{name}.csv", buf.getvalue().encode())
     atomic_write_json(out / f"{name}.json", report)
     if markdown is not None:
         atomic_write_bytes(out / f"{name}.md", (markdown + "\n").encode())
     # plotly.js embedded (~4 MB) so the figure opens offline, like the rest of the project
-    atomic_write_bytes(out / f"{name}.html", figure.to_html(include_plotlyjs=True).encode())
+    page = html_page if html_page is not None else figure.to_html(include_plotlyjs=True)
+    atomic_write_bytes(out / f"{name}.html", page.encode())
     try:
         atomic_write_bytes(out / f"{name}.png", figure.to_image(format="png"))
         return [f"wrote {name}.csv, .json, .html, .png in {out}"]
@@ -372,16 +539,115 @@ def write_experiment(out: Path, name: str, report: dict, figure, markdown: str |
         return [f"wrote {name}.csv, .json, .html in {out} (no PNG: plotly's image export needs kaleido, not installed)"]
 
 
-def format_table(rows: list[dict]) -> str:
-    def f(v, kind):
-        if v is None:
-            return "-"
-        if v == 0 and kind == "sci":
-            return "0"
-        return {"pct": f"{100 * v:.2f}%", "sci": f"{v:.1e}", "int": f"{v:g}"}[kind]
+def _fmt(v, kind: str) -> str:
+    if v is None:
+        return "-"
+    if kind == "sci":  # KL: the paper prints 1.2x10^-4 and 1.77
+        return "0" if v == 0 else f"{v:.1e}" if abs(v) < 0.01 else f"{v:.3g}"
+    if kind == "pct":
+        return f"{100 * v:.2f}%"
+    if kind == "q":
+        return f"{v / 1e6:g}M" if v >= 1e6 and v % 100_000 == 0 else f"{v:,}"
+    return f"{v:g}"
 
-    kinds = {"acc_mr": "pct", "acc_ms_before": "pct", "q": "int", "m": "int", "n": "int", "acc_mf": "pct",
-             "acc_ms_after": "pct", "kl_train": "sci", "kl_test": "sci"}
-    head = "| " + " | ".join(TABLE_COLUMNS) + " |\n|" + "---|" * len(TABLE_COLUMNS)
-    body = ["| " + " | ".join([r["method"]] + [f(r[c], kinds[c]) for c in TABLE_COLUMNS[1:]]) + " |" for r in rows]
-    return "\n".join([head, *body])
+
+# (header, our key, paper key, kind); group: before / after defence, as in the paper
+_LAYOUT = (("before", "Acc_MR", "acc_mr", "paper_acc_mr", "pct"),
+           ("before", "Acc_MS best", "acc_ms_before", "paper_acc_ms_before", "pct"),
+           ("before", "Acc_MS final", "acc_ms_before_final", None, "pct"),
+           ("before", "Q", "q", "paper_q", "q"),
+           ("after", "m", "m", "paper_m", "num"),
+           ("after", "N", "n", "paper_n", "num"),
+           ("after", "Acc_MF", "acc_mf", "paper_acc_mf", "pct"),
+           ("after", "Acc_MS best", "acc_ms_after", "paper_acc_ms_after", "pct"),
+           ("after", "Acc_MS final", "acc_ms_after_final", None, "pct"),
+           ("after", "KL_train", "kl_train", "paper_kl_train", "sci"),
+           ("after", "KL_test", "kl_test", "paper_kl_test", "sci"))
+
+
+def _has_paper(rows: list[dict]) -> bool:
+    return any(r.get(k) is not None for r in rows for k in PAPER_COLUMNS)
+
+
+def _table_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    """(group, header) per column and the formatted cells: ours, with the paper's number in the column beside."""
+    paper = _has_paper(rows)
+    heads, body = [("", "method")], [[r["method"] for r in rows]]
+    for group, head, key, pkey, kind in _LAYOUT:
+        heads.append((group, head))
+        body.append([_fmt(r.get(key), kind) if r.get("status") != "paper only" else "" for r in rows])
+        if paper and pkey is not None:
+            heads.append((group, f"{head} (paper)"))
+            body.append([_fmt(r.get(pkey), kind) for r in rows])
+    return heads, [list(x) for x in zip(*body)]
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as a Markdown table in the paper's layout (our number, then the paper's where it has one)."""
+    heads, cells = _table_cells(rows)
+    names = [f"{'before: ' if g == 'before' else 'after: ' if g == 'after' else ''}{h}" for g, h in heads]
+    head = "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
+    return "\n".join([head, *("| " + " | ".join(c) + " |" for c in cells)])
+
+
+def table_notes(report: dict) -> list[str]:
+    """What a reader must know to read the table: protocol, fidelity, simplifications, the paper's block."""
+    a = report["attack"]
+    notes = [f"Attack: {a['attack']} with {a['labels']} labels, Q = {a['queries']:,}"
+             + (f", surrogate '{a['surrogate']}'" if a.get("surrogate") else "")
+             + (f", KnockoffNets trained until its test accuracy stopped improving (a score after every pass, patience "
+                f"{a['patience']}, at most {a['epochs']} passes)" if a["attack"] == "knockoff" and a.get("patience") else
+                f", {a['epochs']} passes over the transfer set" if a["attack"] == "knockoff" else "") + ".",
+             "Acc_MS best: the surrogate's best test accuracy over training (the paper's protocol, the headline); "
+             "Acc_MS final: at the end of training. Acc_MS before: the same attack on the unprotected victim (the none row).",
+             "Acc_MF and KL (KL(P_R || P_answer) on the whole train / test set) are the fidelity an honest user asking "
+             "for soft answers gets, for every row alike: M_F's softmax for AdvFT, the perturbed softmax for DP and AM, "
+             "P_R itself for none (KL = 0)."]
+    if a["labels"] == "hard":
+        notes.append("The thief asked for hard labels (top-1 only). The KL columns are nevertheless the soft-answer "
+                      "fidelity of each deployment, for every row alike; they do not measure the hard-label API "
+                      "(a one-hot answer's KL is the API's cost, not the defence's).")
+    if any(r["method"] == METHOD_LABELS["am"] for r in report["rows"]):
+        notes.append(AM_SIMPLIFIED)
+    if len(report.get("seeds") or []) > 1:
+        notes.append(f"Median over seeds {', '.join(map(str, report['seeds']))} for the rows that ran them "
+                     "(each row's `seeds` in table.json; per-seed values under `per_seed`).")
+    if report.get("id_transfer"):
+        notes.append("WARNING: the transfer set was the victim's own training distribution (allowed explicitly "
+                     "with --allow-id-transfer): this is not an OOD attack.")
+    if report.get("paper"):
+        p = report["paper"]
+        notes.append(f"(paper) columns: the paper's {p['table']}, {p['model']} rows, {p['attack']} ({p['note']}); "
+                     f"'-' where the paper has no number (it has no AM row and no row without a defence). The "
+                     f"paper's victim is the authors' full-width LeNet; ours is {report.get('victim_arch') or '?'}. "
+                     "CIP has no public code: its row is the paper's only.")
+    return notes
+
+
+def table_markdown(report: dict, title: str | None = None) -> str:
+    lines = [f"## {title}", ""] if title else []
+    lines += [format_table(report["rows"]), ""]
+    lines += [f"- {n}" for n in table_notes(report)]
+    return "\n".join(lines)
+
+
+def table_html(report: dict, figure, title: str) -> str:
+    """A page with the table (the paper's two-level header: before / after defence), its notes and the figure."""
+    heads, cells = _table_cells(report["rows"])
+    groups = []
+    for g, _ in heads:
+        if groups and groups[-1][0] == g:
+            groups[-1][1] += 1
+        else:
+            groups.append([g, 1])
+    top = "".join(f'<th colspan="{n}">{html.escape({"before": "Before defence", "after": "After defence"}.get(g, ""))}</th>'
+                  for g, n in groups)
+    sub = "".join(f"<th>{html.escape(h)}</th>" for _, h in heads)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cells)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in table_notes(report))
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}th,td{border:1px solid #bbb;"
+             "padding:4px 8px;text-align:right}th{background:#f2f2f2}td:first-child{text-align:left}")
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body><h2>{html.escape(title)}</h2>"
+            f"<table><thead><tr>{top}</tr><tr>{sub}</tr></thead><tbody>{body}</tbody></table>"
+            f"<ul>{notes}</ul>{figure.to_html(include_plotlyjs=True, full_html=False)}</body></html>")

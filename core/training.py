@@ -32,6 +32,15 @@ from .runs import MAX_FRAMES, RunConfig, RunDir, RunError, atomic_torch_save
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 VICTIMS_DIR = ASSETS / "victims"
+# How each victim a preset names is made (said when its checkpoint is missing).
+VICTIM_COMMANDS = {
+    "mnist_lenet2d": "python -m core train-victim --dataset mnist --arch lenet2d --epochs 20 --seed 0 --out assets/victims",
+    "digits_lenet2d": "python -m core train-victim --dataset digits --arch lenet2d --epochs 100 --batch-size 64 "
+                      "--shift 2 --seed 0 --out assets/victims",
+    "mnist_lenet": "python -m core train-victim --dataset mnist --arch lenet --epochs 10 --seed 0 --out assets/victims",
+    "mnist_resnet18_2d": "python -m core train-victim --dataset mnist --arch resnet18_2d --epochs 10 --seed 0 "
+                         "--out assets/victims",
+}
 
 
 # ---------------------------------------------------------------- victims
@@ -62,14 +71,22 @@ def served_victim(victim: str, runs_dir: Path) -> bool:
 
 
 def preset_victim(preset: str) -> Path:
+    """The checkpoint of a preset's victim; a CheckpointError saying how to train it when it is missing."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    return victim_path(PRESETS[preset]["victim"])
+    name = PRESETS[preset]["victim"]
+    path = victim_path(name)
+    if not path.is_file():
+        how = VICTIM_COMMANDS.get(name, f"python -m core train-victim ... --out {VICTIMS_DIR}")
+        raise CheckpointError(f"the {preset} preset's victim '{name}' is not trained here; train it with: {how}")
+    return path
 
 
 def load_victim(path: str | Path, data_dir=None, device="cpu") -> tuple[Classifier, Dataset]:
     """The victim (a committed name or a path) and its ID dataset; errors if the data on disk does not
-    fit the checkpoint."""
+    fit the checkpoint. A known victim name without its checkpoint says how to train it."""
+    if str(path) in VICTIM_COMMANDS and not victim_path(path).is_file():
+        raise CheckpointError(f"victim '{path}' is not trained here; train it with: {VICTIM_COMMANDS[str(path)]}")
     path = victim_path(path)
     model = load_model(path, device)
     data = load_dataset(model.dataset, data_dir)
@@ -82,10 +99,26 @@ def load_victim(path: str | Path, data_dir=None, device="cpu") -> tuple[Classifi
     return model, data
 
 
+def check_ood(config: AdvFTConfig, data: Dataset) -> bool:
+    """Refuse (ConfigError, one line) an OOD source that is the victim's own training distribution (CIFAR-10
+    probes for a CIFAR-10 victim) unless config.allow_id_ood; returns whether it is one (allowed)."""
+    if config.ood != data.name:
+        return False
+    if not config.allow_id_ood:
+        raise ConfigError(f"the OOD source '{config.ood}' is the victim's own training distribution ({data.name}); "
+                          "choose --ood noise or natural, or allow it explicitly (--allow-id-transfer, "
+                          "AdvFTConfig.allow_id_ood)")
+    return True
+
+
 def new_trainer(victim: Classifier, data: Dataset, config: AdvFTConfig, data_dir=None, device="cpu") -> AdvFT:
     config.validate()
+    id_ood = check_ood(config, data)
     ood = load_ood(config.ood, data.shape, max(config.eval_ood_size, config.probe_size), data_dir, seed=config.seed)
-    return AdvFT(victim, config, data, ood, device)
+    trainer = AdvFT(victim, config, data, ood, device)
+    if id_ood:  # recorded in the run's config.json (ood_source) as well as in its settings (allow_id_ood)
+        trainer.ood_source += " [the victim's own training distribution, allowed explicitly]"
+    return trainer
 
 
 # ---------------------------------------------------------------- the run protocol

@@ -17,20 +17,23 @@ def test_table_rows_columns_and_files(victim, mnist_small, data_dir, tmp_path):
     report = attack_table(victim, mnist_small, TINY_ATTACK, tiny_config(margin=5.0), defence=DefenceConfig(am_steps=20),
                           data_dir=data_dir, out=tmp_path, note=notes.append)
     rows = {r["method"]: r for r in report["rows"]}
-    assert list(rows) == ["AdvFT", "DP", "AM", "none"] and all(set(TABLE_COLUMNS) <= set(r) for r in rows.values())
+    cip = rows.pop("CIP (paper only, no public code)")  # an MNIST victim: the paper's Table 3 block joins ours
+    assert list(rows) == ["AdvFT", "DP", "AM (simplified)", "none"] and all(set(TABLE_COLUMNS) <= set(r) for r in rows.values())
+    assert cip["acc_ms_after"] is None and cip["paper_acc_ms_after"] == 0.2583 and rows["DP"]["paper_acc_ms_after"] == 0.8083
     acc_mr = rows["none"]["acc_mr"]
     assert acc_mr > 0.97 and all(r["q"] == 400 and r["acc_ms_before"] == rows["none"]["acc_ms_after"] for r in rows.values())
+    assert all(r["acc_ms_after"] >= r["acc_ms_after_final"] for r in rows.values())  # best over training, and final
     assert rows["DP"]["acc_mf"] == acc_mr and rows["DP"]["kl_test"] > 1.0  # top-1 kept, confidences wrecked
     assert rows["AdvFT"]["m"] == 5.0 and rows["AdvFT"]["n"] == 1 and rows["AdvFT"]["kl_test"] < rows["DP"]["kl_test"]
-    assert rows["none"]["kl_test"] == 0.0 and rows["AM"]["acc_mf"] <= acc_mr
+    assert rows["none"]["kl_test"] == 0.0 and rows["AM (simplified)"]["acc_mf"] <= acc_mr
     assert (tmp_path / "advft" / "model.pt").is_file() and any("AdvFT epoch 1" in n for n in notes)
     lines = write_experiment(tmp_path, "table", report, table_figure(report))
     assert "table.html" in lines[0] or ".html" in lines[0]
     back = list(csv.DictReader((tmp_path / "table.csv").open()))
-    assert [r["method"] for r in back] == ["AdvFT", "DP", "AM", "none"]
+    assert [r["method"] for r in back] == ["AdvFT", "DP", "AM (simplified)", "none", "CIP (paper only, no public code)"]
     assert json.loads((tmp_path / "table.json").read_text())["results"]["dp"]["defence"] == "dp"
     assert "<html>" in (tmp_path / "table.html").read_text()[:2000].lower() or "plotly" in (tmp_path / "table.html").read_text()
-    assert format_table(report["rows"]).count("\n") == 5
+    assert format_table(report["rows"]).count("\n") == 6  # header, rule, 4 rows and the paper's CIP row
 
 
 def test_sweeps_attack_each_chosen_model(victim, mnist_small, data_dir, tmp_path):

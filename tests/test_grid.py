@@ -148,7 +148,7 @@ def test_the_cli_resumes_and_never_imports_ray(small_data_dir, tmp_path):
     out = tmp_path / "fig4"
     script = ("import sys; from core.cli import main; code = main(sys.argv[1:]); "
               "assert 'ray' not in sys.modules, 'the local executor imported ray'; sys.exit(code)")
-    args = ["sweep", "--kind", "epochs", "--at", "0", "--queries", "300", "--eval-size", "500",
+    args = ["sweep", "--kind", "epochs", "--at", "0", "--attack", "knockoff", "--queries", "300", "--eval-size", "500",
             "--data-dir", small_data_dir, "--out", out]
     runs = [subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                            timeout=300) for _ in range(2)]

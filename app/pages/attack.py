@@ -21,11 +21,12 @@ from core import figures
 from core.advft import PRESETS, ConfigError
 from core.attacks import AttackConfig, DefenceConfig
 from core.device import pick_device
+from core.experiments import AM_SIMPLIFIED
 from core.training import committed_victims
 
 LIVE_REFRESH_S = 0.5
-DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)", "am": "AM (adaptive misinformation)",
-                  "top1": "top-1 label only"}
+DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)",
+                  "am": "AM (simplified adaptive misinformation)", "top1": "top-1 label only"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -76,7 +77,8 @@ with st.container(border=True):
     label = c1.selectbox("Target", names, index=default, key="a_target",
                          help="The original victim, or the protected model of any AdvFT run (Defend page).")
     defence = c1.radio("API defence", list(DEFENCE_LABELS), format_func=DEFENCE_LABELS.get, horizontal=True,
-                       key="a_defence", help="Poisoning added behind the API; combine with an AdvFT target freely.")
+                       key="a_defence", help="Poisoning added behind the API; combine with an AdvFT target freely. "
+                                             + AM_SIMPLIFIED)
     attack_name = c2.radio("Attack", ("knockoff", "dfme"), horizontal=True, key="a_attack",
                            format_func={"knockoff": "KnockoffNets", "dfme": "DFME"}.get)
     labels = c2.radio("Answers", ("soft", "hard"), horizontal=True, key="a_labels",
@@ -198,19 +200,27 @@ live()
 
 st.subheader("Results, in the layout of the paper's Tables 2-3")
 if results:
-    before = {(r["attack"], r["labels"], r["Q"]): r["Acc_MS"] for r in results
+    def best(r: dict) -> float:  # results saved before the best was kept: their final accuracy
+        return r.get("best Acc_MS") if r.get("best Acc_MS") is not None else r["Acc_MS"]
+
+    before = {(r["attack"], r["labels"], r["Q"]): best(r) for r in results
               if r["defence"] == "none" and r["target"].startswith("original")}
-    table = [{"target": r["target"], "defence": r["defence"], "attack": f"{r['attack']} ({r['labels']})",
+    table = [{"target": r["target"], "defence": "AM (simplified)" if r["defence"] == "am" else r["defence"],
+              "attack": f"{r['attack']} ({r['labels']})",
               "Acc_MR": r["Acc_MR"], "Acc_MS before": before.get((r["attack"], r["labels"], r["Q"])), "Q": r["Q"],
               "m": "-" if r["m"] is None else f"{r['m']:g}", "N": "-" if r["N"] is None else str(r["N"]),
-              "Acc_MF": r["Acc_MF"], "Acc_MS after": r["Acc_MS"],
+              "Acc_MF": r["Acc_MF"], "Acc_MS after (best)": best(r), "Acc_MS after (final)": r["Acc_MS"],
               "KL_test": 0.0 if abs(r["KL_test"]) < 1e-12 else r["KL_test"],  # float noise of an identical model
               "status": r["status"]} for r in results]
     st.dataframe(table, hide_index=True, column_config={
-        k: st.column_config.NumberColumn(format="%.4f") for k in ("Acc_MR", "Acc_MS before", "Acc_MF", "Acc_MS after")
+        k: st.column_config.NumberColumn(format="%.4f")
+        for k in ("Acc_MR", "Acc_MS before", "Acc_MF", "Acc_MS after (best)", "Acc_MS after (final)")
     } | {"KL_test": st.column_config.NumberColumn(format="%.2e")})
-    views.explain("Acc_MS before: the same attack on the unprotected original (when you ran it). Acc_MF and KL_test: "
-                  "what honest users get from the target behind its defence, against the original M_R.")
+    views.explain("Acc_MS: the surrogate's best test accuracy over training (the paper's protocol) and its final one; "
+                  "before: the same attack on the unprotected original (when you ran it). Acc_MF and KL_test: what "
+                  "honest users asking for soft answers get from the target behind its defence, against the original "
+                  "M_R, whatever labels the thief asked for. AM is a simplified version of adaptive misinformation "
+                  "(see the API defence's help).")
     views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in results],
                             "attack_results")
     if st.button("Clear results", key="a_clear", help="Deletes the saved results of every tab"):
@@ -223,7 +233,8 @@ for i, report in enumerate(sweeps[-3:]):
     if not report["rows"]:
         continue
     x = "epoch" if "epoch" in report["rows"][0] else "margin"
-    st.subheader("Fig. 4 (toy): surrogate accuracy vs AdvFT epochs N" if x == "epoch" else
+    st.subheader("Fig. 4 (toy, KnockoffNets; the paper's uses DFME): surrogate accuracy vs AdvFT epochs N"
+                 if x == "epoch" else
                  "Margin sweep (toy): protection vs fidelity")
     sweep = figures.sweep_figure(report, x, ui.style)
     st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), f"sweep {i + 1} ({x})": sweep}
