@@ -477,13 +477,14 @@ SCALES = ("toy", "cpu", "paper")
 # Attack settings per scale (AttackConfig fields; explicit options override them):
 #   toy    the lecture-size defaults (KnockoffNets 20k queries, 20 passes; DFME 200k queries)
 #   cpu    the paper's KnockoffNets budget (50k queries) trained until its test accuracy stops improving (a
-#          pass-by-pass score, patience 5, at most 30 passes), DFME at 1M queries (the largest budget that
-#          fits a 2-core CPU in minutes per row, not the paper's 6M)
+#          pass-by-pass score, patience 5, at most 20 passes: ~20 s a pass for the full-width LeNet on one
+#          core, so that the four attacks of a table fit 45 minutes with AdvFT), DFME at 1M queries (chosen
+#          to take minutes per row on a 2-core CPU, not the paper's 6M)
 #   paper  the paper's budgets, for a GPU: KnockoffNets 50k queries for up to 100 passes (KnockoffNets' own
 #          epochs; patience 10), DFME 6M queries with the original's batch 256 and generator (latent 256, ngf 64)
 SCALE_ATTACKS = {
     "toy": {"knockoff": {}, "dfme": {"queries": 200_000}},
-    "cpu": {"knockoff": {"queries": 50_000, "epochs": 30, "patience": 5}, "dfme": {"queries": 1_000_000}},
+    "cpu": {"knockoff": {"queries": 50_000, "epochs": 20, "patience": 5}, "dfme": {"queries": 1_000_000}},
     "paper": {"knockoff": {"queries": 50_000, "epochs": 100, "patience": 10},
               "dfme": {"queries": 6_000_000, "dfme_batch": 256, "latent_dim": 256, "gen_width": 64}},
 }
