@@ -617,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "writes OUT/result.json and OUT/surrogate.pt.")
     _attack_args(k, "--target")
     k.add_argument("--defence", default="none", choices=list(DEFENCES),
-                   help="API poisoning: none, dp (deceptive perturbation), am (adaptive misinformation), top1")
+                   help="API poisoning: none, dp (deceptive perturbation), am (adaptive misinformation, simplified: "
+                        "see the README's Baselines), top1")
     k.set_defaults(func=cmd_attack)
 
     for name, helptext in (("table", "the paper's Table 2/3: AdvFT vs DP vs AM vs none under one attack"),

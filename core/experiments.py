@@ -4,10 +4,12 @@ Ray cluster; core/cli.py gives them their `table` and `sweep` commands).
 run_cell       what one cell does: attack the victim (behind an API defence) or an existing protected
                model, or run AdvFT into the cell's run folder (core.training, through `protect`) and
                attack M_F after its last epoch or after each chosen epoch. Returns the cell's row.
-table          Tables 2/3 layout: rows AdvFT / DP / AM / none; columns Acc_MR, Acc_MS before, Q, m, N,
-               Acc_MF, Acc_MS after, KL_train, KL_test. One attack setting, one budget, one seed. Cells:
-               `before` (the attack on the unprotected victim, which is also the `none` row), `advft`,
-               `dp`, `am`.
+table          Tables 2/3 layout: rows AdvFT / DP / AM (simplified) / none; columns Acc_MR, Acc_MS before,
+               Q, m, N, Acc_MF, Acc_MS after, KL_train, KL_test, with Acc_MS the best over training (the
+               paper's protocol) beside the final one, and the paper's MNIST numbers (PAPER_TABLES) beside
+               ours. One attack setting and budget (SCALE_ATTACKS: toy / cpu / paper), one seed or the
+               median of several. Cells: `before` (the attack on the unprotected victim, which is also the
+               `none` row), `advft`, `dp`, `am` (suffixed -s<seed> with several seeds).
 epoch sweep    Fig. 4: surrogate accuracy vs AdvFT epochs N. Cells: `before` (N = 0, the unprotected
                victim) and `advft`, ONE AdvFT run attacked after each chosen epoch. Not a cell per
                epoch: those would each train from scratch to their epoch (sum of N instead of max N),
@@ -20,9 +22,11 @@ margin sweep   protection (surrogate accuracy) vs fidelity (Acc_MF, KL_test) as 
 becomes a row with status 'failed' and its message); attack_table / epoch_sweep / margin_sweep run the
 whole thing in this process on an already loaded victim (the app's toy sweeps and the tests).
 
-Fidelity of an API defence is measured on what honest users receive (BlackBoxAPI.respond, uncounted):
-Acc_MF = accuracy of its top-1, KL = mean KL(P_R || P_defended) (core.metrics.fidelity). Results are
-written by write_experiment: <name>.csv, .json, .md, .html (a core.figures figure), and .png with kaleido.
+Fidelity of an API defence is measured on what honest users asking for soft answers receive
+(BlackBoxAPI.respond, uncounted), whatever labels the thief asks for: Acc_MF = accuracy of its top-1, KL =
+mean KL(P_R || P_defended) (core.metrics.fidelity). Results are written by write_experiment: <name>.csv,
+.json, .md, .html (a core.figures figure, or for a table the table, its notes and the figure), and .png
+with kaleido.
 """
 
 from __future__ import annotations
