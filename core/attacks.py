@@ -342,7 +342,7 @@ class AttackResult:
     labels: str                    # what the API actually returned (top1 forces 'hard')
     defence: str
     budget: int
-    status: str = "running"        # running | finished | stopped
+    status: str = "running"        # running | finished | stopped | diverged (the student's loss became nan/inf)
     phase: str = "starting"        # what it is doing now, for a progress line
     done: float = 0.0              # share of the attack's work done (training steps / DFME iterations), 0..1
     queries: int = 0               # queries used so far
@@ -387,6 +387,7 @@ class _Scoreboard:
         self._progress = progress or (lambda r: None)
         self._should_stop = should_stop or (lambda: False)
         self.stopped = False
+        self.diverged: str | None = None  # why the attack's own training blew up, when it did
 
     def should_stop(self) -> bool:
         self.stopped = self.stopped or bool(self._should_stop())
@@ -443,7 +444,9 @@ class _Scoreboard:
         if not self.result.curve or self.result.curve[-1]["queries"] != self.api.queries_used:
             self.score(surrogate)
         r = self.result
-        r.status = "stopped" if self.stopped else "finished"
+        r.status = "stopped" if self.stopped else "diverged" if self.diverged else "finished"
+        if self.diverged:
+            r.extra["diverged"] = self.diverged
         r.surrogate = surrogate.eval()
         self.report(r.status, None if self.stopped else 1.0)
         return r
@@ -868,7 +871,11 @@ def dfme(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Defence
         sched_s.step()
         sched_g.step()
         if not math.isfinite(loss_s):
-            raise RuntimeError(f"DFME's student loss became {loss_s} at iteration {it}; lower lr_student")
+            # The thief's own training blew up (seen with a small student without batch norm at DFME's
+            # lr 0.1, against a protected model whose answers span +-100 in log-probability). That is
+            # a result, not a crash: the attack ends here; its best accuracy is what it reached before.
+            board.diverged = f"the student's loss became {loss_s} at iteration {it} (a lower lr_student may train)"
+            break
         if it in eval_at:
             board.result.extra = {"loss_generator": loss_g, "loss_student": loss_s, "iterations": it,
                                   "iterations_total": iterations}

@@ -471,7 +471,12 @@ def cmd_atlas(a) -> int:
                         {**TOY_DFME, "queries": a.dfme_queries} if a.dfme_queries else None)
     bundle = _writable_folder(a.bundle) if a.bundle else out / "atlas"
     t0 = time.perf_counter()
-    result = _run_cells(a, cells, out, device, executor)
+    if a.bundle_only:  # the cells done so far (a grid still running elsewhere, or stopped): nothing runs
+        from .grid import GridResult, load_records
+
+        result = GridResult(out, load_records(cells, out))
+    else:
+        result = _run_cells(a, cells, out, device, executor)
     command = "python -m core " + " ".join(shlex.quote(x) for x in a.argv)
     write_bundle(cells, result, out, bundle, victim_name, command, time.perf_counter() - t0)
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
@@ -598,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("record", help="record a preset's run for the app to open instantly",
                          description="Run a preset and keep a compact copy (config, metrics, model, epoch "
-                                     "snapshots, 36 frames in float16) in OUT/recorded-<preset>.")
+                                     "snapshots, 30 compact frames) in OUT/recorded-<preset>.")
     rec.add_argument("--preset", default="lecture", choices=list(PRESETS))
     rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--out", default="assets/recorded", help="folder of the recordings (default %(default)s)")
@@ -671,6 +676,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "0 leaves it out)")
     at.add_argument("--bundle", help="folder for the app's bundle (default OUT/atlas); the shipped one is "
                                      "assets/atlas/<victim>")
+    at.add_argument("--bundle-only", action="store_true",
+                    help="only write the bundle from the cells already done in OUT (a partial atlas opens too)")
     _grid_args(at)
     at.set_defaults(func=cmd_atlas)
     return p

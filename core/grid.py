@@ -362,7 +362,38 @@ def _difference(a, b, prefix="") -> str:
     return prefix.rstrip(".")
 
 
-def _load_records(cells: list[Cell], out: Path) -> dict[str, dict]:
+def _as_recorded(current: dict, recorded) -> dict:
+    """A cell's settings as an older version of this project would have recorded them: the settings the
+    record lacks (fields added to AttackConfig, DefenceConfig or AdvFTConfig since) are left out when
+    they hold their default. A new field's default keeps the old behaviour (that is the rule for adding
+    one), so a grid made before an upgrade still resumes; a new field set to anything else differs."""
+    from dataclasses import fields
+
+    from .advft import AdvFTConfig
+    from .attacks import AttackConfig, DefenceConfig
+
+    if not isinstance(recorded, dict):
+        return current
+    defaults = {name: {f.name: f.default for f in fields(cls)}
+                for name, cls in (("attack", AttackConfig), ("also", AttackConfig), ("defence", DefenceConfig),
+                                  ("advft", AdvFTConfig))}
+
+    def older(now, then, default: dict):
+        if not (isinstance(now, dict) and isinstance(then, dict)):
+            return now
+        return {k: v for k, v in now.items() if k in then or k not in default or v != default[k]}
+
+    out = dict(current)
+    for name, default in defaults.items():
+        now, then = current.get(name), recorded.get(name)
+        if name == "also" and isinstance(now, list) and isinstance(then, list) and len(now) == len(then):
+            out[name] = [older(a, b, default) for a, b in zip(now, then)]
+        elif name in current:
+            out[name] = older(now, then, default)
+    return out
+
+
+def load_records(cells: list[Cell], out: Path) -> dict[str, dict]:
     """The records of this grid's cells under `out`; GridError when `out` holds results that are not
     this grid's (a done cell with other settings, or a run folder that no finished cell recorded)."""
     records = {}
@@ -370,10 +401,11 @@ def _load_records(cells: list[Cell], out: Path) -> dict[str, dict]:
         record = read_json(out / "cells" / f"{c.name}.json")
         if not (isinstance(record, dict) and record.get("status") in ("done", "failed")):
             record = None  # absent, or a damaged file: the cell runs again
-        if record is not None and record.get("cell") != c.to_dict():
+        settings = c.to_dict() if record is None else _as_recorded(c.to_dict(), record.get("cell"))
+        if record is not None and record.get("cell") != settings:
             if record["status"] == "done":
                 raise GridError(f"'{out}' already holds cell '{c.name}' run with other settings "
-                                f"({_difference(record.get('cell'), c.to_dict()) or 'settings'} differs); choose another "
+                                f"({_difference(record.get('cell'), settings) or 'settings'} differs); choose another "
                                 f"--out, or delete '{out / 'cells' / (c.name + '.json')}' to run it again")
             record = None  # a failed cell with other settings: this grid's version runs instead
         if record is not None:
@@ -427,7 +459,7 @@ def run_grid(cells: list[Cell], out: str | Path, run: Run, executor=None, *, dat
     data_dir = str(Path(data_dir).resolve()) if data_dir else None  # workers elsewhere get an absolute path
     t0 = time.perf_counter()
     with _Lock(out):
-        records = _load_records(cells, out)
+        records = load_records(cells, out)
         _settle_staging(out, records)
         skipped = [c.name for c in cells if records.get(c.name, {}).get("status") == "done"]
         pending = [c for c in cells if c.name not in skipped]

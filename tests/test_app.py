@@ -341,10 +341,10 @@ def test_a_recorded_run_scrubs_frame_by_frame_and_replays(env, recorded_run):
 
 
 def test_recorded_runs_open_without_training_and_stay_small(env):
-    from core.training import RECORDED_DIR, recorded_runs
+    from core.training import RECORDED_DIR, RECORDED_FRAMES, recorded_runs
 
     shipped = {r.name for r in recorded_runs()}
-    assert {"recorded-lecture", "recorded-offline"} <= shipped
+    assert {"recorded-lecture", "recorded-offline", "recorded-fig5"} <= shipped
     assert sum(p.stat().st_size for p in RECORDED_DIR.rglob("*") if p.is_file()) <= 3_000_000
     at = defend()
     no_exception(at)
@@ -353,7 +353,7 @@ def test_recorded_runs_open_without_training_and_stay_small(env):
     assert at.query_params["run"] == "recorded-lecture"
     assert any("Recorded run" in i.value and "python -m core record --preset lecture" in i.value for i in at.info)
     timeline = at.select_slider(key="timeline_recorded-lecture")
-    assert len(timeline.options) == 36 and timeline.value.startswith("frame:")
+    assert len(timeline.options) == RECORDED_FRAMES and timeline.value.startswith("frame:")
     assert len(at.get("plotly_chart")) >= 3 and not list(env.glob("*/config.json"))  # drawn; no run trained
 
 

@@ -167,3 +167,37 @@ def test_a_link_to_a_missing_cell_shows_the_nearest(tiny_atlas, monkeypatch):
     assert not at.exception
     assert any("no m = 7" in w.value for w in at.warning)
     assert at.select_slider(key="w_atlas_m").value == 10.0 and at.query_params["am"] == "10.0"
+
+
+def test_a_grid_made_before_new_settings_existed_still_resumes(tiny_atlas):
+    """Records written before a config field was added (at its default) match their cells."""
+    from core.grid import load_records
+
+    out, _, _ = tiny_atlas
+    cells = atlas_cells("digits_lenet2d", tiny_config(i_g=3, i_f=6, probe_size=60, eval_ood_size=60), TINY_ATTACK,
+                        margins=[1, 10], epochs=[0, 1, 2], dfme=TINY_DFME)
+    path = out / "grid" / "cells" / "m10.json"
+    record = json.loads(path.read_text())
+    older = json.loads(json.dumps(record))
+    for settings in (older["cell"]["attack"], *older["cell"]["also"], older["cell"]["advft"]):
+        settings.pop("patience", None), settings.pop("allow_id_transfer", None), settings.pop("allow_id_ood", None)
+    try:
+        path.write_text(json.dumps(older))
+        assert load_records(cells, out / "grid")["m10"]["status"] == "done"
+        # a new setting NOT at its default is another experiment: refused
+        changed = [replace(c, attack={**c.attack, "patience": 3}) if c.name == "m10" else c for c in cells]
+        with pytest.raises(Exception, match="other settings"):
+            load_records(changed, out / "grid")
+    finally:
+        path.write_text(json.dumps(record))
+
+
+def test_a_diverging_dfme_student_is_a_result_not_a_crash(tiny_atlas):
+    from core.attacks import run_attack
+    from core.training import load_victim
+
+    model, data = load_victim("digits_lenet2d")
+    r = run_attack(model, data, AttackConfig(attack="dfme", queries=896 * 6, surrogate="same", lr_student=1e4,
+                                             eval_size=100, evals=6))
+    assert r.status == "diverged" and "loss became" in r.extra["diverged"]
+    assert r.surrogate_best_acc == max(p["acc"] for p in r.curve)
