@@ -478,9 +478,14 @@ def cmd_atlas(a) -> int:
     else:
         result = _run_cells(a, cells, out, device, executor)
     command = "python -m core " + " ".join(shlex.quote(x) for x in a.argv)
-    write_bundle(cells, result, out, bundle, victim_name, command, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    if a.bundle_only:  # the bundle says how its cells were made, and how long they took
+        command = command.replace(" --bundle-only", "")
+        seconds = sum(r.get("seconds") or 0 for r in result.records.values())
+    write_bundle(cells, result, out, bundle, victim_name, command, seconds)
     size = sum(p.stat().st_size for p in bundle.iterdir() if p.is_file())
-    print(f"{bundle}: {len(cells) - len(result.failed)} of {len(cells)} cells, {size / 1e6:.2f} MB; "
+    done = sum(r["status"] == "done" for r in result.records.values())
+    print(f"{bundle}: {done} of {len(cells)} cells, {size / 1e6:.2f} MB; "
           f"{time.perf_counter() - t0:.0f} s ({_where(a, device, result)})")
     return 1 if result.failed else 0
 
