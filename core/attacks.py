@@ -400,29 +400,24 @@ class _Scoreboard:
             r.done = min(1.0, done)
         self._progress(r)
 
-    def score(self, surrogate: nn.Module, phase: str = "evaluating", done: float | None = None, **extra) -> None:
-        """Evaluate the surrogate now and add a curve point (at most one per query count)."""
+    def _measure(self, surrogate: nn.Module) -> None:
+        """The surrogate's test accuracy and agreement with the target, into the result (its mode kept)."""
         was_training = surrogate.training
         logits = outputs(surrogate.eval(), self.x_test, self.api.device)[1]
         surrogate.train(was_training)
         r = self.result
         r.surrogate_acc, r.agreement = accuracy(logits, self.y_test), agreement(logits, self.target_logits)
-        point = {"queries": self.api.queries_used, "acc": r.surrogate_acc, "agreement": r.agreement,
-                 "seconds": round(time.perf_counter() - self.t0, 3), **extra}
-        if r.curve and r.curve[-1]["queries"] == point["queries"]:
-            r.curve[-1] = point
-        else:
-            r.curve.append(point)
-        r.surrogate_best_acc = best_accuracy(r.curve, r.train_curve)
+
+    def score(self, surrogate: nn.Module, phase: str = "evaluating", done: float | None = None, **extra) -> None:
+        """Evaluate the surrogate now and add a curve point (at most one per query count)."""
+        self._measure(surrogate)
+        self.add_point(**extra)
         self.report(phase, done)
 
     def score_pass(self, surrogate: nn.Module, epoch: int, done: float) -> float:
         """Score the surrogate after a pass over the transfer set (a train_curve point); returns its accuracy."""
-        was_training = surrogate.training
-        logits = outputs(surrogate.eval(), self.x_test, self.api.device)[1]
-        surrogate.train(was_training)
+        self._measure(surrogate)
         r = self.result
-        r.surrogate_acc, r.agreement = accuracy(logits, self.y_test), agreement(logits, self.target_logits)
         r.train_curve.append({"epoch": epoch, "acc": r.surrogate_acc, "agreement": r.agreement,
                               "seconds": round(time.perf_counter() - self.t0, 3)})
         r.surrogate_best_acc = best_accuracy(r.curve, r.train_curve)
