@@ -190,7 +190,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"\napp benchmark · {os.cpu_count()} CPUs · load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"{'measure':48s} {'median':>8s} {'min':>8s} {'max':>8s} {'n':>3s}  target")
-    for name, values, target in rows:
+    for name, values, target in (r for r in rows if r[1]):  # --starts 0 measures no restart
         print(f"{name:48s} {statistics.median(values):8.2f} {min(values):8.2f} {max(values):8.2f} "
               f"{len(values):3d}  {target}")
     print(f"exceptions shown in the page: {exceptions}")
