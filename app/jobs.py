@@ -32,13 +32,13 @@ from typing import Callable
 
 import torch
 
-from core.advft import AdvFTConfig, ConfigError, Snapshot, TrainingDiverged
+from core.advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, Snapshot, TrainingDiverged
 from core.attacks import BudgetExhausted
 from core.data import DataError
 from core.device import describe
 from core.models import CheckpointError
 from core.runs import RunError
-from core.training import RecordedRun, drive, one_line
+from core.training import RecordedRun, drive, load_victim, new_trainer, one_line
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m app.worker` finds the app and core
 PUBLISH_EVERY_S = 0.4    # snapshot() costs ~50 ms; more often would slow training noticeably
@@ -260,27 +260,72 @@ class Worker:
         self.messages.close()
 
 
+@dataclass(frozen=True)
+class Warmup:
+    """What the page will most likely start next (its settings on screen): a spare process builds that
+    trainer (victim, data, M_R's reference outputs: ~2.5 s on a 2-core CPU) before Start is clicked."""
+
+    victim: str
+    config: AdvFTConfig
+    data_dir: str | None = None
+    device: str = "cpu"
+
+    def key(self) -> tuple:
+        """Equal keys build the same trainer, up to its training knobs (AdvFT.retune)."""
+        try:
+            stamp = os.stat(self.victim).st_mtime_ns  # a victim retrained since is another victim
+        except OSError:
+            stamp = None
+        return (self.victim, stamp, self.data_dir, self.device, tuple(getattr(self.config, f) for f in BUILD_FIELDS))
+
+    @classmethod
+    def of(cls, spec: JobSpec) -> "Warmup":
+        return cls(spec.victim, spec.config, spec.data_dir, spec.device)
+
+
 class WorkerPool:
-    """Keeps one spare training process waiting with torch and the engine already imported (~2-3 s
-    on a 2-core CPU), so that Start shows a first frame that much sooner."""
+    """Keeps one spare training process waiting with torch and the engine imported (~1-3 s on a 2-core
+    CPU) and the page's next trainer built (Warmup), so that Start shows a moving M_F within seconds.
+    The spare is made and warmed only while none of this pool's jobs trains: on a CPU it would take the
+    core the job runs on."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._spare: Worker | None = None
+        self._warmup: Warmup | None = None   # the newest wish of a page
+        self._sent: Warmup | None = None     # what the spare was asked to build
+        self._busy = 0                       # jobs of this pool that hold a process
 
-    def prestart(self) -> None:
-        """Have a spare ready before the first job (called when the Defend page is drawn)."""
+    def prestart(self, warmup: Warmup | None = None) -> None:
+        """Have a spare ready (called when the Defend page is drawn), building `warmup`'s trainer."""
         with self._lock:
-            if self._spare is None or self._spare.process.poll() is not None:
-                self._spare = Worker.start()
+            if warmup is not None:
+                self._warmup = warmup
+            if not self._busy:
+                self._ready()
+
+    def _ready(self) -> None:
+        if self._spare is None or self._spare.process.poll() is not None:
+            self._spare, self._sent = Worker.start(), None
+        if self._warmup is not None and self._warmup != self._sent:
+            with contextlib.suppress(OSError, ValueError):
+                self._spare.commands.send(("warm", self._warmup))
+                self._sent = self._warmup
 
     def take(self) -> Worker:
         with self._lock:
-            worker, self._spare = self._spare, None
+            worker, self._spare, self._sent = self._spare, None, None
             if worker is None or worker.process.poll() is not None:
                 worker = Worker.start()
-            self._spare = Worker.start()  # for the next job; imports while this one trains
+            self._busy += 1
         return worker
+
+    def done(self, worker: Worker) -> None:
+        """A job's process has ended: make the next spare now that the cores are free."""
+        with self._lock:
+            self._busy -= 1
+            if not self._busy:
+                self._ready()
 
     def close(self) -> None:
         with self._lock:
@@ -378,14 +423,14 @@ class Job(Background):
     def _work(self) -> None:
         self._publish(state="preparing", message="starting the training process")
         worker = WORKERS.take()
-        with self._send_lock:
-            worker.commands.send(("spec", self.spec))
-            for message in self._pending:
-                worker.commands.send(message)
-            self.worker = worker
         stop_sent = None
         final = False
         try:
+            with self._send_lock:
+                worker.commands.send(("spec", self.spec))
+                for message in self._pending:
+                    worker.commands.send(message)
+                self.worker = worker
             while True:
                 if self.should_stop() and stop_sent is None:
                     self._send(("stop", "its page was closed" if self.abandoned else ""))
@@ -399,6 +444,7 @@ class Job(Background):
                     break
         finally:
             worker.close()  # kills it only if the relay itself failed: no child is left behind
+            WORKERS.done(worker)
         if not final:  # killed, out of memory, a crash: the run folder says 'interrupted' and can resume
             self._publish(state="failed", message=f"the training process ended unexpectedly (exit code "
                                                   f"{self.process.returncode}); the run can be resumed")
@@ -409,17 +455,19 @@ class Job(Background):
 
 def child_main(commands_fd: int, messages_fd: int, parent_pid: int, threads: int) -> None:
     """The training process (`python -m app.worker`): the one run protocol (core.training.drive) under
-    the page's control policy. It may wait as a spare (WorkerPool) until its first command, the JobSpec."""
+    the page's control policy. It may wait as a spare (WorkerPool), building the trainer of the newest
+    Warmup, until its first JobSpec."""
     _die_with_parent(parent_pid)
+    torch.set_num_threads(threads)  # a CUDA job's CPU side needs no more; a CPU job's gets what the page leaves
+    # The first optimiser of a process imports torch._dynamo (~1 s): done while waiting, not after Start.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     commands = Connection(commands_fd, writable=False)
     conn = _Duplex(commands, Connection(messages_fd, readable=False))
     try:
-        kind, spec = commands.recv()
+        spec, warm = _wait_for_spec(commands)
     except (EOFError, OSError):  # a spare that was never used: the server closed its pipe
         return
-    if spec.device == "cpu":
-        torch.set_num_threads(threads)
-    runner = _Runner(spec, conn)
+    runner = _Runner(spec, conn, warm)
     try:
         runner.run()
     except BaseException as e:  # recorded in the run folder by drive(); said to the page here
@@ -428,6 +476,30 @@ def child_main(commands_fd: int, messages_fd: int, parent_pid: int, threads: int
         runner.send("view", state="failed", message=one_line(e))
     finally:
         conn.close()
+
+
+def _wait_for_spec(commands: Connection) -> tuple[JobSpec, tuple | None]:
+    """The JobSpec, and (Warmup key, trainer) for the last Warmup before it. A Warmup followed at once by
+    a newer one is skipped unbuilt (the page sends one per settings change); one followed by the spec is
+    built (most likely the spec's own trainer: no time lost). One that fails to build (a missing victim,
+    data not on disk) is dropped: the job then builds its trainer itself and reports the error."""
+    warm: tuple | None = None
+    queued = None
+    while True:
+        kind, payload = queued or commands.recv()
+        queued = None
+        if kind == "spec":
+            return payload, warm
+        if commands.poll(0):
+            queued = commands.recv()
+            if queued[0] == "warm":
+                continue
+        if warm is not None and warm[0] == payload.key():
+            continue
+        warm = None  # free the old trainer's memory before building the next
+        with contextlib.suppress(Exception):
+            model, data = load_victim(payload.victim, payload.data_dir, payload.device)
+            warm = (payload.key(), new_trainer(model, data, payload.config, payload.data_dir, payload.device))
 
 
 class _Duplex:
@@ -458,8 +530,9 @@ class _Runner:
     """The control policy of a live job, in the child: play / pause / single steps / slow motion.
     drive() asks `next_action` what to do and reports through `on_step`."""
 
-    def __init__(self, spec: JobSpec, conn):
+    def __init__(self, spec: JobSpec, conn, warm: tuple | None = None):
         self.spec, self.conn = spec, conn
+        self.warm = warm                      # (Warmup key, trainer) built while this process was a spare
         self.playing = not spec.start_paused
         self.until_epoch_end = False
         self.requests: deque[str] = deque()   # "step" | "g" | "f"
@@ -511,7 +584,7 @@ class _Runner:
         s = self.spec
         self.send("view", state="preparing", message="loading the victim and the data, scoring M_R")
         self.run_ = run = RecordedRun.resume(s.run_dir, s.data_dir, s.device) if s.resume else \
-            RecordedRun.create(s.run_dir, s.victim, s.config, s.data_dir, s.device, s.preset)
+            RecordedRun.create(s.run_dir, s.victim, s.config, s.data_dir, s.device, s.preset, self._prebuilt())
         t = run.trainer
         self._frame(run.last_frame, device=describe(t.device), epochs=t.config.epochs,
                     message=f"data: {t.data.source}; OOD: {t.ood_source}")
@@ -522,6 +595,14 @@ class _Runner:
             self._frame(run.last_frame, state="finished",
                         message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
                                 f"OOD agreement {run.metrics['ood_agreement']:.2f}")
+
+    def _prebuilt(self) -> AdvFT | None:
+        """The trainer built ahead of Start, when it is this job's (up to the training knobs)."""
+        if self.warm is None or self.warm[0] != Warmup.of(self.spec).key():
+            return None
+        trainer = self.warm[1]
+        trainer.retune(self.spec.config)
+        return trainer
 
     def _announce(self, state: str) -> None:
         self.announced = state

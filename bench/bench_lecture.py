@@ -1,6 +1,9 @@
 """Does the `lecture` preset protect convincingly? (issue 10, item 7). One table, targets checked in the same run.
 
-    ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_lecture.py [--seeds 3] [--out DIR]
+    ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_lecture.py [--seeds 3] [--out DIR] [-- ADVFT FLAGS]
+
+Flags after `--` go to `python -m core advft` (e.g. `-- --margin 30 --epochs 15 --lr-schedule cosine`), to
+try candidate settings before they become the preset.
 
 For each seed s: `python -m core advft --preset lecture --seed s` (timed as a user would, process
 start to exit), then the project's strong thief against its M_F, KnockoffNets with 20k soft CIFAR-10
@@ -33,10 +36,10 @@ from core.data import resolve_data_dir  # noqa: E402
 from core.training import load_victim, preset_victim  # noqa: E402
 
 
-def protect(seed: int, out: Path, data_dir) -> tuple[dict, float]:
+def protect(seed: int, out: Path, data_dir, flags: list[str]) -> tuple[dict, float]:
     t0 = time.perf_counter()
     cmd = [sys.executable, "-m", "core", "advft", "--preset", "lecture", "--seed", str(seed), "--out", str(out),
-           "--data-dir", str(data_dir)]
+           "--data-dir", str(data_dir), *flags]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"AdvFT failed: {done.stderr.strip().splitlines()[-1]}")
@@ -58,20 +61,25 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default=None, help="folder for the AdvFT runs (default: temporary)")
+    p.add_argument("flags", nargs="*", help="after --: flags for `python -m core advft`")
     a = p.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     data_dir = resolve_data_dir(a.data_dir)
     out = Path(a.out or tempfile.mkdtemp(prefix="bench-lecture-"))
     rows = []
     for seed in range(a.seeds):
-        metrics, wall = protect(seed, out / f"lecture-s{seed}", data_dir)
-        before = steal(preset_victim("lecture"), seed, data_dir)
+        metrics, wall = protect(seed, out / f"lecture-s{seed}", data_dir, a.flags)
+        # The unprotected column does not depend on the AdvFT flags: kept in --out for the next candidate.
+        cached = out / f"unprotected-s{seed}.json"
+        before = json.loads(cached.read_text()) if cached.is_file() else steal(preset_victim("lecture"), seed, data_dir)
+        cached.write_text(json.dumps(before))
         after = steal(out / f"lecture-s{seed}" / "model.pt", seed, data_dir)
         rows.append({"seed": seed, "wall": wall, "acc_mr": metrics["acc_before"], "acc_mf": metrics["acc_after"],
                      "kl_test": metrics["kl_test"], "before": before, "after": after})
         print(json.dumps(rows[-1]), flush=True)
 
-    cfg = preset_config("lecture")
+    cfg = json.loads((out / "lecture-s0" / "config.json").read_text())["advft"]
+    cfg = preset_config("lecture", **cfg)
     load = os.getloadavg()
     print(f"\nlecture preset: m = {cfg.margin:g}, N = {cfg.epochs}, I_G = {cfg.i_g}, I_F = {cfg.i_f}, "
           f"lr_f {cfg.lr_f:g} ({cfg.lr_schedule}) · {os.cpu_count()} CPUs · load {load[0]:.2f} {load[1]:.2f}")

@@ -107,6 +107,13 @@ class AdvFTConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# What building a trainer (AdvFT.__init__) reads besides the victim, the data and the device: the fixed
+# evaluation and probe sets, the generator's initial weights, the OOD source. Every other field is a
+# training knob, first read by the steps (see AdvFT.retune).
+BUILD_FIELDS = ("seed", "probe_size", "eval_train_size", "eval_ood_size", "ood", "allow_id_ood", "latent_dim",
+                "gen_width")
+
+
 # Presets: a victim (assets/victims/<name>.pt) and the config overrides that go with it.
 PRESETS: dict[str, dict] = {
     # Fast on a 2-core CPU (~1 min), strong enough to see OOD features fly while ID stays put.
@@ -277,6 +284,18 @@ class AdvFT:
                            "ood": outputs(self.reference, self.probe_ood, self.device)[0]}
         # Epoch 0: M_F is still a copy of M_R, so its record follows from M_R's outputs alone.
         self.history.append({"epoch": 0, **self.evaluator.identical(), "seconds": 0.0})
+
+    def retune(self, config: AdvFTConfig) -> None:
+        """Take `config`'s training knobs before the first step. The trainer is then the one
+        `config` would have built: building reads only BUILD_FIELDS (which must match) and the optimisers
+        are built on first use. Lets an app build a trainer ahead of Start (app.jobs.WorkerPool)."""
+        config = config.validate()
+        changed = [f for f in BUILD_FIELDS if getattr(config, f) != getattr(self.config, f)]
+        if changed:
+            raise ConfigError(f"retune cannot change {', '.join(changed)}: build a new trainer")
+        if self.steps_done or self.epoch or {"opt_g", "opt_f", "sched_f"} & self.__dict__.keys():
+            raise ConfigError("retune is only possible before the first step")
+        self.config = config
 
     # ------------------------------------------------------------ optimisers, built on first use:
     # the first optimiser of a process imports torch._dynamo (~1.6 s on a 2-core CPU), which a

@@ -95,11 +95,14 @@ def test_lecture_controls_follow_at_once_and_the_first_seconds_move(data_dir, tm
         start_px = zoom_ood(page)
         page.get_by_role("button", name="Start").click()
         t0 = time.perf_counter()
+        moved = 0.0
+        while moved < 5 and time.perf_counter() - t0 < 10:
+            page.wait_for_timeout(250)
+            moved = mean_displacement(start_px, zoom_ood(page))
+        print(f"OOD points moved {moved:.1f} px on screen (mean) {time.perf_counter() - t0:.1f} s after Start")
+        status = page.locator(".advft-status").first.inner_text() if page.locator(".advft-status").count() else ""
+        assert moved >= 5, f"the OOD points moved only {moved:.1f} px in the first 10 s (status: {status!r})"
         wait_state(page, ("running",))
-        page.wait_for_timeout(max(0, 10_000 - 1000 * (time.perf_counter() - t0)))
-        moved = mean_displacement(start_px, zoom_ood(page))
-        print(f"OOD points moved {moved:.1f} px on screen (mean) in the first 10 s")
-        assert moved >= 5, f"the OOD points moved only {moved:.1f} px in the first 10 s"
 
         page.reload()
         wait_loaded(page)
@@ -146,11 +149,13 @@ def test_a_closed_tab_stops_its_job_and_no_process_outlives_the_server(data_dir,
         page.get_by_role("button", name="Start").click()
         wait_state(page, ("running",))
         workers = _worker_pids() - before
-        assert len(workers) == 2  # the job trains in its own process; a spare waits for the next job
+        assert len(workers) == 1  # the job trains in its own process; no spare takes its core meanwhile
         page.close()  # the tab closes: the job stops within seconds and its process ends
         t0 = time.perf_counter()
-        assert _wait_until(lambda: len(_worker_pids() & workers) == 1, 30)  # the spare stays
+        assert _wait_until(lambda: not (_worker_pids() & workers), 30)
         print(f"closed tab -> training process gone in {time.perf_counter() - t0:.1f} s")
+        # ... and a spare waits for the next job, now that the cores are free
+        assert _wait_until(lambda: len(_worker_pids() - before) == 1, 10)
         run = list_runs(tmp_path / "runs")[0]
         assert run.status()["status"] == "stopped" and "page was closed" in run.status()["message"]
 

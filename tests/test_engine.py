@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from core.advft import AdvFT, TrainingDiverged
+from core.advft import AdvFT, ConfigError, TrainingDiverged
 from tests.conftest import tiny_config
 
 
@@ -61,6 +61,26 @@ def test_resume_continues_exactly(victim, mnist_small, cifar_probe):
         assert torch.equal(p, q)
     for p, q in zip(straight.generator.parameters(), resumed.generator.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_retuned_trainer_is_the_one_its_config_builds(victim, mnist_small, cifar_probe):
+    """An app builds the trainer before Start (app.jobs.WorkerPool) with the knobs then on screen; retuned
+    to the knobs at Start, it must train exactly as a trainer built with those from the start."""
+    wanted = dict(margin=25.0, epochs=2, i_g=3, i_f=4, lr_f=3e-3, lr_schedule="cosine", fake_reduce="median")
+    fresh = make(victim, mnist_small, cifar_probe, **wanted)
+    early = make(victim, mnist_small, cifar_probe)
+    early.retune(tiny_config(**wanted))
+    for t in (fresh, early):
+        while not t.finished:
+            t.step()
+    for p, q in zip(fresh.model.parameters(), early.model.parameters()):
+        assert torch.equal(p, q)
+    assert early.history[-1] == {**fresh.history[-1], "seconds": early.history[-1]["seconds"]}
+
+    with pytest.raises(ConfigError, match="seed"):
+        make(victim, mnist_small, cifar_probe).retune(tiny_config(seed=1))
+    with pytest.raises(ConfigError, match="before the first step"):
+        early.retune(tiny_config(**wanted))
 
 
 def test_steps_follow_algorithm_order_and_stop(victim, mnist_small, cifar_probe):

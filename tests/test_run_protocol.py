@@ -189,6 +189,31 @@ def test_app_job_records_finished_stopped_and_failed(tmp_path, small_data_dir):
     assert "was deleted" in job.view().message
 
 
+def test_a_spare_process_builds_the_next_trainer_before_start(tmp_path, small_data_dir):
+    """The spare builds the Warmup the page sent (a newer one replaces it unbuilt); a Start with other
+    training knobs reuses it, retuned; other build settings (the seed) build afresh."""
+    from multiprocessing import Pipe
+
+    from app.jobs import Warmup, _Runner, _wait_for_spec
+
+    def warm(**kw):
+        return Warmup(str(MNIST_VICTIM), tiny_config(**kw), str(small_data_dir))
+
+    receive, send = Pipe(duplex=False)
+    send.send(("warm", warm(seed=7)))  # replaced at once by the next wish: never built
+    send.send(("warm", warm(margin=3.0)))
+    spec = JobSpec(str(MNIST_VICTIM), tiny_config(margin=25.0, epochs=2), tmp_path / "run", "lecture",
+                   str(small_data_dir))
+    send.send(("spec", spec))
+    got, built = _wait_for_spec(receive)
+    assert got == spec and built[0] == warm(margin=3.0).key() == Warmup.of(spec).key()
+    trainer = _Runner(got, None, built)._prebuilt()
+    assert trainer is built[1] and trainer.config == spec.config and trainer.steps_done == 0
+
+    other = JobSpec(**{**spec.__dict__, "config": tiny_config(seed=1)})
+    assert _Runner(other, None, built)._prebuilt() is None
+
+
 def test_a_job_stopped_in_the_queue_leaves_no_folder(tmp_path, small_data_dir):
     slots = JobSlots(1)
     blocker = Job(JobSpec(str(MNIST_VICTIM), tiny_config(), tmp_path / "first", data_dir=str(small_data_dir),

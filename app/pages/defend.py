@@ -16,7 +16,7 @@ from dataclasses import replace
 import streamlit as st
 
 from app import views
-from app.jobs import ABANDON_AFTER_S, WORKERS, Job, JobSpec, new_run_dir
+from app.jobs import ABANDON_AFTER_S, WORKERS, Job, JobSpec, Warmup, new_run_dir
 from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, for_run, preset_available
 from app.views import job_slots, session_job
 from core import figures
@@ -492,9 +492,18 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
 # ---------------------------------------------------------------- the page
 
 
+def _warmup(ui: UIState) -> Warmup | None:
+    """The job Start would launch with the settings on screen, for the spare process to build ahead."""
+    try:
+        return Warmup(str(victim_path(ui.victim)), ui.config().validate(), str(views.data_dir()), str(device()))
+    except (ConfigError, CheckpointError):
+        return None
+
+
 def main() -> None:
-    WORKERS.prestart()  # a training process importing torch now, so that Start answers at once
     ui = data_fallback(views.ui_state())
+    # A training process importing torch and building this trainer now, so that Start answers at once.
+    WORKERS.prestart(_warmup(ui))
     job = _job_for(ui)
     active = bool(job and job.view().active)
 
