@@ -54,6 +54,44 @@ def load_css() -> None:
     st.html(f"<style>{CSS.read_text()}</style>")
 
 
+# ---------------------------------------------------------------- charts that update in place
+
+
+ROOT = Path(__file__).resolve().parent.parent
+# Streamlit serves <app root>/static/ at app/static/ (server.enableStaticServing, .streamlit/config.toml).
+PLOTLY_JS, PLOTLY_URL = ROOT / "static" / "plotly.min.js", "app/static/plotly.min.js"
+_CHART = st.components.v2.component("advft_chart", js=(Path(__file__).parent / "chart.js").read_text(),
+                                    isolate_styles=False)
+
+
+@st.cache_resource(show_spinner=False)
+def plotly_js_served() -> bool:
+    """Put the installed plotly package's own plotly.js where Streamlit serves static files (a copy, not
+    committed: it always matches the Python side that writes the figures). False where the app's folder
+    is read-only: charts then fall back to st.plotly_chart."""
+    import plotly
+
+    source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+    try:
+        if not PLOTLY_JS.is_file() or PLOTLY_JS.read_bytes() != source.read_bytes():
+            PLOTLY_JS.parent.mkdir(exist_ok=True)
+            partial = PLOTLY_JS.with_suffix(".tmp")
+            partial.write_bytes(source.read_bytes())
+            partial.replace(PLOTLY_JS)
+        return True
+    except OSError:
+        return False
+
+
+def chart(fig, key: str, config: dict) -> None:
+    """A Plotly figure that a rerun redraws in place (app/chart.js: Plotly.react on the mounted chart)
+    instead of remounting it as st.plotly_chart does for every new figure."""
+    if not plotly_js_served():
+        st.plotly_chart(fig, key=key, config=config)
+        return
+    _CHART(data={"spec": fig.to_json(), "config": json.dumps(config), "src": PLOTLY_URL}, key=key)
+
+
 # ---------------------------------------------------------------- the session's one UI state
 
 
@@ -290,20 +328,20 @@ def server_export(charts: dict, export: Export, name: str, key: str) -> None:
 
 
 def fig5_view(fig, export: Export, name: str, key: str) -> None:
-    st.plotly_chart(fig, key=key, config=export.config(f"{name}-fig5"))
+    chart(fig, key, export.config(f"{name}-fig5"))
     explain("Left: the original model M_R; right: the fine-tuned M_F, on the same fixed axes. Look for the "
             "coloured ID digits staying on their class rays while the grey OOD crosses and the generator's "
             "stars move away: ID features kept (fidelity), OOD features distorted (the defence).")
 
 
 def generator_view(fig, export: Export, name: str, key: str) -> None:
-    st.plotly_chart(fig, key=key, config=export.config(f"{name}-generator"))
+    chart(fig, key, export.config(f"{name}-generator"))
     explain("G(z) for a fixed z. The generator hunts for inputs on which M_F still agrees with M_R (eq. 1); "
             "these are the inputs M_F is then trained to push away. In the first epoch M_F still equals M_R, so "
             "L_G has no gradient and G stays put until M_F has moved.")
 
 
 def curves_view(fig, export: Export, name: str, key: str) -> None:
-    st.plotly_chart(fig, key=key, config=export.config(f"{name}-curves"))
+    chart(fig, key, export.config(f"{name}-curves"))
     explain("Per epoch. Acc and KL_test show what honest users see (should stay flat / tiny); OOD agreement "
             "is how often M_F still answers like M_R on natural OOD images: lower is a worse teacher for a thief.")

@@ -391,15 +391,24 @@ def atlas_tradeoff(cells: list, chosen, thief: str = "knockoff", style: str = "s
             marker=dict(size=t["marker_size"] + 2), customdata=[[c.epochs, 100 * c.acc_after] for c in row],
             hovertemplate=f"m = {m:g}, N = %{{customdata[0]}}<br>KL_test %{{x:.1e}}<br>Acc_MF %{{customdata[1]:.2f}}%"
                           "<br>thief %{y:.1f}%<extra></extra>"))
-    if chosen is not None and getattr(chosen, thief):
-        fig.add_trace(go.Scatter(x=[max(chosen.kl_test, KL_FLOOR)], y=[100 * getattr(chosen, thief)["surrogate_best_acc"]],
-                                 mode="markers", name="this cell", hoverinfo="skip",
-                                 marker=dict(size=4 * t["marker_size"] + 6, symbol="circle-open", color=t["roles"]["m_f"],
-                                             line=dict(width=3))))
+    fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="this cell", hoverinfo="skip", meta="chosen",
+                             marker=dict(size=4 * t["marker_size"] + 6, symbol="circle-open", color=t["roles"]["m_f"],
+                                         line=dict(width=3))))
+    ring_cell(fig, chosen, thief)
     fig.update_xaxes(type="log", title_text=f"KL_test(P_R || P_F), what honest users lose (N = 0 drawn at {KL_FLOOR:g})")
     fig.update_yaxes(title_text=f"{'KnockoffNets' if thief == 'knockoff' else 'toy DFME'} surrogate accuracy, best (%)",
                      rangemode="tozero")
     return style_layout(fig, style, height, uirevision="atlas-tradeoff", margin=dict(l=60, r=20, t=20, b=50))
+
+
+def ring_cell(fig: go.Figure, chosen, thief: str = "knockoff") -> None:
+    """Ring `chosen` in a figure made by atlas_tradeoff for the same thief: a slider move changes one
+    trace instead of rebuilding the chart (~60 ms on a 2-core CPU)."""
+    ring = next(t for t in fig.data if t.meta == "chosen")
+    shown = chosen is not None and bool(getattr(chosen, thief))
+    ring.visible = shown
+    ring.x, ring.y = ([max(chosen.kl_test, KL_FLOOR)], [100 * getattr(chosen, thief)["surrogate_best_acc"]]) \
+        if shown else ([], [])
 
 
 def table_figure(report: dict, style: str = "screen", height: int = 420) -> go.Figure:

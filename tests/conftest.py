@@ -71,3 +71,19 @@ def tiny_config(**kw):
     base = dict(epochs=1, i_g=2, i_f=3, batch_size=16, probe_size=50, eval_train_size=200, eval_ood_size=100)
     base.update(kw)
     return AdvFTConfig(**base)
+
+
+def app_charts(at) -> dict:
+    """An AppTest page's Plotly figures (as dicts) by their key, in page order: those drawn by
+    app.views.chart (a bidi component, redrawn in place in a browser) and any st.plotly_chart."""
+    import json
+    import re
+
+    found = []
+    for c in at.get("bidi_component"):
+        if c.proto.component_name == "advft_chart":
+            found.append((c.proto.id, json.loads(json.loads(c.proto.json)["spec"])))
+    found += [(c.proto.id, json.loads(c.proto.spec)) for c in at.get("plotly_chart")]
+    order = [n.proto.id for n in at.main if hasattr(n, "proto") and hasattr(n.proto, "id")]
+    found.sort(key=lambda f: order.index(f[0]) if f[0] in order else len(order))
+    return {re.sub(r"^\$\$ID-[0-9a-f]+-", "", cid): fig for cid, fig in found}

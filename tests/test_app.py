@@ -15,7 +15,7 @@ from app.state import UI_PRESETS, UIState, for_run
 from core import figures as plots
 from core.runs import RunDir
 from core.training import RecordedRun, load_victim, new_trainer, victim_path
-from tests.conftest import MNIST_VICTIM, ROOT, tiny_config
+from tests.conftest import MNIST_VICTIM, ROOT, app_charts, tiny_config
 
 ENTRY = str(ROOT / "streamlit_app.py")  # the app as users start it; the Defend page is its default
 
@@ -79,7 +79,7 @@ def test_presets_fill_the_controls_and_the_url(env):
     at = defend()
     no_exception(at)
     assert number(at, "Margin m").value == 10.0 and number(at, "I_G (G steps/epoch)").value == 50
-    assert len(at.get("plotly_chart")) == 3  # Fig. 5 panels, generator grid, curves: drawn before any run
+    assert len(app_charts(at)) == 3  # Fig. 5 panels, generator grid, curves: drawn before any run
     at.selectbox(key="w_preset").set_value("paper").run()
     no_exception(at)
     assert number(at, "Margin m").value == 100.0
@@ -120,7 +120,7 @@ def test_missing_dataset_falls_back_to_offline_preset(tmp_path, monkeypatch):
     assert at.selectbox(key="w_preset").value == "offline"
     assert at.selectbox(key="w_victim").value == "digits_lenet2d"
     assert any("MNIST is not available here" in w.value and "offline demo" in w.value for w in at.warning)
-    assert len(at.get("plotly_chart")) == 3
+    assert len(app_charts(at)) == 3
 
 
 def test_start_records_a_run_and_reset_stops_it(env):
@@ -199,7 +199,7 @@ def test_runs_page_lists_compares_and_survives_damage(env, recorded_run):
 
     at.multiselect(key="compare_pick").set_value(["tiny-m10", "tiny-m20"]).run()
     no_exception(at)
-    assert len(at.get("plotly_chart")) == 2  # overlaid curves + final panels side by side
+    assert len(app_charts(at)) == 2  # overlaid curves + final panels side by side
 
     (twin.path / "snapshots" / "epoch_0001.pt").write_bytes(b"\x00 truncated")  # damaged underneath
     at.run()
@@ -328,7 +328,7 @@ def test_a_recorded_run_scrubs_frame_by_frame_and_replays(env, recorded_run):
     assert timeline.value == f"frame:{frames[-1]}"
     timeline.set_value(f"frame:{frames[0]}").run()
     no_exception(at)
-    assert "M_F, epoch 0" in json.dumps(at.get("plotly_chart")[0].proto.spec)
+    assert "M_F, epoch 0" in json.dumps(next(iter(app_charts(at).values())))
 
     at.button(key="replay_play").click().run()
     seen = []
@@ -354,7 +354,7 @@ def test_recorded_runs_open_without_training_and_stay_small(env):
     assert any("Recorded run" in i.value and "python -m core record --preset lecture" in i.value for i in at.info)
     timeline = at.select_slider(key="timeline_recorded-lecture")
     assert len(timeline.options) == RECORDED_FRAMES and timeline.value.startswith("frame:")
-    assert len(at.get("plotly_chart")) >= 3 and not list(env.glob("*/config.json"))  # drawn; no run trained
+    assert len(app_charts(at)) >= 3 and not list(env.glob("*/config.json"))  # drawn; no run trained
 
 
 def test_record_keeps_a_compact_copy_of_a_finished_run(recorded_run, tmp_path, monkeypatch):

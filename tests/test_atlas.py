@@ -14,7 +14,7 @@ from core.attacks import AttackConfig
 from core.experiments import run_cell
 from core.grid import LocalExecutor, run_grid
 from core.runs import RunDir, RunError
-from tests.conftest import tiny_config
+from tests.conftest import app_charts, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_ATTACK = AttackConfig(queries=300, epochs=2, eval_size=100)
@@ -133,8 +133,7 @@ def _page(runs_dir: Path, query: dict | None = None):
 
 
 def _ood_trace(at, key="atlas_fig5"):
-    chart = next(c for c in at.get("plotly_chart") if c.proto.id and key in c.proto.id)
-    fig = json.loads(chart.proto.spec)
+    fig = app_charts(at)[key]
     return next(t for t in fig["data"] if t.get("meta") == "now:ood")
 
 
