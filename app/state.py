@@ -51,19 +51,22 @@ def preset_available(name: str) -> bool:
     return victim_path(UI_PRESETS[name].victim).is_file()
 
 
+_LECTURE = preset_config("lecture")  # a bare URL opens the lecture preset
+
+
 @dataclass(frozen=True)
 class UIState:
     preset: str = "lecture"
     victim: str = PRESETS["lecture"]["victim"]
-    margin: float = AdvFTConfig.margin
-    epochs: int = AdvFTConfig.epochs
-    i_g: int = AdvFTConfig.i_g
-    i_f: int = AdvFTConfig.i_f
-    lr_g: float = AdvFTConfig.lr_g
-    lr_f: float = AdvFTConfig.lr_f
-    distance: str = AdvFTConfig.distance
-    fake_reduce: str = AdvFTConfig.fake_reduce
-    seed: int = AdvFTConfig.seed
+    margin: float = _LECTURE.margin
+    epochs: int = _LECTURE.epochs
+    i_g: int = _LECTURE.i_g
+    i_f: int = _LECTURE.i_f
+    lr_g: float = _LECTURE.lr_g
+    lr_f: float = _LECTURE.lr_f
+    distance: str = _LECTURE.distance
+    fake_reduce: str = _LECTURE.fake_reduce
+    seed: int = _LECTURE.seed
     epoch: int | None = None      # the timeline's selected epoch (None: the latest / live)
     run: str | None = None        # a reopened run folder's name under the runs dir
     view: str = "full"

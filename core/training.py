@@ -311,7 +311,7 @@ def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTCo
 
 
 RECORDED_DIR = ASSETS / "recorded"
-RECORDED_FRAMES = 30  # frames kept in a recording: a replay of a few seconds, ~0.9 MB a run (3 runs <= 3 MB)
+RECORDED_FRAMES = 24  # frames kept in a recording: a replay of a few seconds, ~0.8-1 MB a run (3 runs <= 3 MB)
 
 
 def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_FRAMES) -> RunDir:

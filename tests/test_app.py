@@ -78,7 +78,7 @@ def test_for_run_reopens_with_the_runs_own_settings():
 def test_presets_fill_the_controls_and_the_url(env):
     at = defend()
     no_exception(at)
-    assert number(at, "Margin m").value == 10.0 and number(at, "I_G (G steps/epoch)").value == 50
+    assert number(at, "Margin m").value == 30.0 and number(at, "I_G (G steps/epoch)").value == 25
     assert len(app_charts(at)) == 3  # Fig. 5 panels, generator grid, curves: drawn before any run
     at.selectbox(key="w_preset").set_value("paper").run()
     no_exception(at)
@@ -97,7 +97,7 @@ def test_url_configures_the_page_and_bad_values_warn(env):
     at = defend({"margin": "25", "seed": "3", "epochs": "abc", "preset": "bogus", "view": "simple"})
     no_exception(at)
     assert number(at, "Margin m").value == 25.0 and number(at, "Seed").value == 3
-    assert number(at, "Epochs N").value == 6  # the bad value was replaced by the default ...
+    assert number(at, "Epochs N").value == 15  # the bad value was replaced by the preset's ...
     texts = " ".join(w.value for w in at.warning)
     assert "epochs='abc' ignored" in texts and "preset 'bogus'" in texts  # ... and said so
     assert not any(w.label.startswith("I_G") for w in at.number_input)  # simple view hides the advanced knobs

@@ -222,7 +222,7 @@ def test_url_values_are_text_never_markup_and_never_too_long(env):
     assert len(texts) == 4 and all(len(t) < 400 for t in texts)
     joined = " ".join(texts)
     assert "](" not in joined.replace("\\](", "") and "![" not in joined and "\\[Log in here\\]" in joined
-    assert at.query_params["epochs"] == "6" and "run" not in at.query_params
+    assert at.query_params["epochs"] == "15" and "run" not in at.query_params
 
 
 def test_url_fuzz_never_breaks_the_state_or_the_page(env):
