@@ -212,7 +212,7 @@ def _beat() -> None:
 
 @st.cache_resource(show_spinner=False)
 def device_label() -> str:
-    """Where jobs run, said once at start-up (a CPU job later narrows torch to 1 thread process-wide)."""
+    """Where jobs run, said once at start-up."""
     from core.device import describe, pick_device
 
     return describe(pick_device("auto"))

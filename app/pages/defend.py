@@ -4,7 +4,7 @@ The controller of the main page. It wires
     the session's UIState (app/state.py, mirrored in the URL)   -> the sidebar controls,
     the session's Job (app/jobs.py, a background thread)        <- the transport buttons,
     the job's published snapshots or a run folder's saved ones  -> the figures (app/figures.py, app/views.py).
-The live part is one fragment that reruns every 0.5 s only while a job is active.
+The live part is one fragment that reruns every 0.3 s (LIVE_REFRESH_S) only while a job is active.
 Other pages live in app/pages/ and appear in the navigation by being there.
 """
 
@@ -28,7 +28,7 @@ from core.runs import RunDir, RunError
 from core.training import (PREVIEW_FIELDS, committed_victims, preview_snapshot, recorded_runs, served_victim,
                            victim_path)
 
-LIVE_REFRESH_S = 0.5
+LIVE_REFRESH_S = 0.3  # the live fragment; with PUBLISH_EVERY_S = 0.3 the page shows a new frame at each of most reruns
 
 
 # ---------------------------------------------------------------- process- and session-wide objects
@@ -430,7 +430,7 @@ def advance_replay(run_name: str | None) -> None:
 
 
 def _memo(name: str, source, key: tuple, build):
-    """Rebuild a figure only when what it shows changed: the live fragment reruns every 0.5 s, and
+    """Rebuild a figure only when what it shows changed: the live fragment reruns every 0.3 s, and
     building Plotly figures in Python holds the GIL the training thread needs. `source` is compared
     by identity (published snapshots are never mutated; an id() could be reused once one is freed)."""
     memo = st.session_state.setdefault("figures", {})
