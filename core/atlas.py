@@ -42,8 +42,10 @@ EPOCHS = (0, 1, 2, 4, 6, 10, 15, 20)
 TOY_DFME = {"attack": "dfme", "labels": "soft", "queries": 100_352, "surrogate": "same", "evals": 8}
 # What the app shows per cell, from the run's history record at epoch N.
 METRICS = ("acc_after", "kl_test", "kl_train", "ood_agreement", "ood_shift", "id_shift")
-ATTACK_FIELDS = ("attack", "labels", "queries", "surrogate_acc", "surrogate_best_acc", "agreement", "seconds",
-                 "surrogate_arch", "transfer_source", "curve")
+# status: 'finished', or 'diverged' (DFME's student went to nan: its best from before is kept); budget: the
+# queries it was given, `queries` the ones it spent.
+ATTACK_FIELDS = ("attack", "labels", "status", "budget", "queries", "surrogate_acc", "surrogate_best_acc", "agreement",
+                 "seconds", "surrogate_arch", "transfer_source", "curve")
 
 
 def cell_key(margin: float, epochs: int) -> str:

@@ -111,7 +111,10 @@ def test_shipped_atlas_is_small_complete_and_loads():
         assert len(atlas.snapshots()) == len(atlas.cells)
         for cell in atlas.cells.values():
             assert cell.knockoff["queries"] == 20_000 and cell.knockoff["labels"] == "soft"
-            assert cell.dfme is not None
+            assert cell.knockoff["status"] == "finished"
+            # a toy DFME either spent its budget or stopped when its student diverged (then it spent less)
+            assert cell.dfme["status"] == "finished" and cell.dfme["queries"] == cell.dfme["budget"] \
+                or cell.dfme["status"] == "diverged" and cell.dfme["queries"] < cell.dfme["budget"]
         # the unprotected victim is stolen well; AdvFT protects at no real cost to honest users
         unprotected = atlas.cell(atlas.margins[0], 0).knockoff["surrogate_best_acc"]
         assert unprotected > 0.7
@@ -158,6 +161,17 @@ def test_sliders_move_through_the_grid(tiny_atlas, monkeypatch):
     assert shown["OOD agreement"] == f"{100 * cell.ood_agreement:.1f}%"
     moved = _ood_trace(at)
     assert moved["x"] != first["x"]  # the M_F panel shows the other cell's OOD features
+
+
+def test_the_shipped_atlas_page_says_when_dfme_diverged(monkeypatch, tmp_path):
+    monkeypatch.setenv("ADVFT_RUNS_DIR", str(tmp_path / "runs"))
+    atlas = Atlas(shipped_atlases()[0])
+    m, n = next((c.margin, c.epochs) for c in atlas.cells.values() if c.dfme["status"] == "diverged")
+    at = _page(tmp_path / "runs", {"atlas": atlas.folder.name, "am": str(m), "an": str(n)})
+    at.run()
+    assert not at.exception
+    dfme = next(x for x in at.metric if x.label.startswith("toy DFME"))
+    assert dfme.label == f"toy DFME ({atlas.cell(m, n).dfme['budget'] / 1000:g}k)" and "diverged after" in dfme.delta
 
 
 def test_a_link_to_a_missing_cell_shows_the_nearest(tiny_atlas, monkeypatch):

@@ -122,9 +122,14 @@ def numbers(cell: AtlasCell) -> None:
                        help=f"The strong thief's surrogate ({k['surrogate_arch']}): best test accuracy over its "
                             "training (the paper's protocol), and at its end")
     if d:
-        cols[5].metric(f"toy DFME ({_k(d['queries'])})", _pct(d["surrogate_best_acc"]),
-                       f"final {_pct(d['surrogate_acc'])}", delta_color="off",
-                       help="A data-free thief at a budget a CPU runs in seconds (the paper's uses 6M queries)")
+        budget = d.get("budget") or d["queries"]  # bundles made before status and budget were kept
+        diverged = d.get("status") == "diverged"
+        cols[5].metric(f"toy DFME ({_k(budget)})", _pct(d["surrogate_best_acc"]),
+                       f"diverged after {_k(d['queries'])} queries" if diverged else f"final {_pct(d['surrogate_acc'])}",
+                       delta_color="off",
+                       help="A data-free thief at a budget a CPU runs in seconds (the paper's uses 6M queries). "
+                            "Against a protected model its student's loss can blow up to nan: it then stops, and its "
+                            "best accuracy from before counts")
 
 
 def main() -> None:

@@ -189,7 +189,7 @@ def live() -> None:
     if finished_curves:
         curve = figures.attack_curve(finished_curves, ui.style)
         st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), "accuracy vs queries": curve}
-        st.plotly_chart(curve, key="attack_curve", config=export.config("attack-curve"))
+        views.chart(curve, "attack_curve", export.config("attack-curve"))
         views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
                       "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
     if not v.active and busy:
@@ -238,7 +238,7 @@ for i, report in enumerate(sweeps[-3:]):
                  "Margin sweep (toy): protection vs fidelity")
     sweep = figures.sweep_figure(report, x, ui.style)
     st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), f"sweep {i + 1} ({x})": sweep}
-    st.plotly_chart(sweep, key=f"sweep_{i}", config=export.config(f"sweep-{x}"))
+    views.chart(sweep, f"sweep_{i}", export.config(f"sweep-{x}"))
     st.dataframe(report["rows"], hide_index=True)
 
 views.server_export(st.session_state.get("attack_charts", {}), export, "attack", key="attack")

@@ -484,7 +484,7 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
             st.markdown("**M_F over the run** (first / middle / last saved epoch, same axes)")
             strip = figures.small_multiples(snaps, proj, ranges, classes, ui.style)
             charts["M_F over the run"] = strip
-            st.plotly_chart(strip, key="strip", config=export.config(f"{name}-strip"))
+            views.chart(strip, "strip", export.config(f"{name}-strip"))
             views.explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the "
                           "ID digits stay on their rays.")
 

@@ -99,7 +99,7 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
             st.error(f"{views.plain(e)}; left out of the comparison.")
     if histories:
         fig = figures.curves(histories, style)
-        st.plotly_chart(fig, key="compare_curves", config=export.config("compare-curves"))
+        views.chart(fig, "compare_curves", export.config("compare-curves"))
         views.explain("Line dash tells the runs apart; colours keep their roles (L_G in the generator's colour, "
                       "M_F's metrics in M_F's). A larger margin usually lowers OOD agreement faster at a small "
                       "cost in KL_test.")
@@ -118,8 +118,8 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
         ranges.extend(f"epoch {e}", now.id, now.ood, now.gen)
     classes = DATASETS.get(finals[0][1].dataset, DATASETS["mnist"]).classes
     panels = [(f"{r.name} (m={c.advft.margin:g}, epoch {e})", s) for r, c, s, e in finals]
-    st.plotly_chart(figures.small_multiples(panels, proj, ranges, classes, style, height=380), key="compare_fig5",
-                    config=export.config("compare-fig5"))
+    views.chart(figures.small_multiples(panels, proj, ranges, classes, style, height=380), "compare_fig5",
+                export.config("compare-fig5"))
     views.explain("The last saved M_F of each run on the same axes: compare how far the OOD crosses and the "
                   "generator's stars were pushed while the ID digits stayed on their rays.")
 
