@@ -60,6 +60,14 @@ def default_max_jobs() -> int:
         return 2 if torch.cuda.is_available() else 1
 
 
+def job_threads() -> int:
+    """ADVFT_JOB_THREADS, else every core (see Worker.start)."""
+    try:
+        return max(1, int(os.environ.get("ADVFT_JOB_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
+
 class JobSlots:
     """At most `capacity` jobs or tasks run at once, process-wide; the others wait first come, first served."""
 
@@ -245,7 +253,7 @@ class Worker:
         # they wait (OMP_WAIT_POLICY=PASSIVE): a spinning thread whose partner was preempted by the browser or
         # the server burns its core for nothing. Measured with the page open on 2 cores (bench/bench_app.py):
         # 22.2 steps/s with one thread, 22.2 with two spinning threads, 26.4 with two passive ones.
-        threads = int(os.environ.get("ADVFT_JOB_THREADS") or 0) or os.cpu_count() or 1
+        threads = job_threads()
         env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ,
                "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))}
         process = subprocess.Popen(
@@ -323,7 +331,7 @@ class WorkerPool:
             self._busy += 1
         return worker
 
-    def done(self, worker: Worker) -> None:
+    def done(self) -> None:
         """A job's process has ended: make the next spare now that the cores are free."""
         with self._lock:
             self._busy -= 1
@@ -447,7 +455,7 @@ class Job(Background):
                     break
         finally:
             worker.close()  # kills it only if the relay itself failed: no child is left behind
-            WORKERS.done(worker)
+            WORKERS.done()
         if not final:  # killed, out of memory, a crash: the run folder says 'interrupted' and can resume
             self._publish(state="failed", message=f"the training process ended unexpectedly (exit code "
                                                   f"{self.process.returncode}); the run can be resumed")
