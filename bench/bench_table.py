@@ -73,8 +73,9 @@ def pct(v) -> str:
 
 
 def seeds_of(row: dict, key: str) -> str:
+    """'; seeds a / b / c' for a median over seeds, nothing for one seed."""
     per = row.get("per_seed") or {}
-    return " / ".join(pct(v[key]) for _, v in sorted(per.items())) if per else ""
+    return "; seeds " + " / ".join(pct(v[key]) for _, v in sorted(per.items())) if len(per) > 1 else ""
 
 
 def yes(ok) -> str:
@@ -120,12 +121,12 @@ def main() -> int:
         q = report["attack"]["queries"]
         lines += [
             (f"KnockoffNets {q:,} soft queries, unprotected: best (final)",
-             f"{pct(none.get('acc_ms_after'))} ({pct(none.get('acc_ms_after_final'))}); seeds {seeds_of(none, 'acc_ms_after')}",
+             f"{pct(none.get('acc_ms_after'))} ({pct(none.get('acc_ms_after_final'))}){seeds_of(none, 'acc_ms_after')}",
              ">= 95% (paper 98.90%)", yes(none.get("acc_ms_after") is not None and none["acc_ms_after"] >= 0.95)),
             ("  passes trained (early-stopped)",
              f"{none.get('epochs_trained') or 0:g} of {report['attack']['epochs']} ({none.get('early_stopped')})", "", "-"),
             ("KnockoffNets vs AdvFT: best (final)",
-             f"{pct(adv.get('acc_ms_after'))} ({pct(adv.get('acc_ms_after_final'))}); seeds {seeds_of(adv, 'acc_ms_after')}",
+             f"{pct(adv.get('acc_ms_after'))} ({pct(adv.get('acc_ms_after_final'))}){seeds_of(adv, 'acc_ms_after')}",
              "<= 30% (paper 21.33%)", yes(adv.get("acc_ms_after") is not None and adv["acc_ms_after"] <= 0.30)),
             ("AdvFT Acc_MR -> Acc_MF", f"{pct(adv.get('acc_mr'))} -> {pct(adv.get('acc_mf'))}", ">= -0.1 points",
              yes(adv.get("acc_mf") is not None and adv["acc_mf"] >= adv["acc_mr"] - 0.001)),
