@@ -100,6 +100,15 @@ def wait_mf_change(page, before, timeout_ms: int = 30_000) -> None:
                            arg=before, timeout=timeout_ms, polling=10)
 
 
+def wait_settled(page, quiet_ms: int = 1000, timeout_ms: int = 30_000) -> None:
+    """Until the M_F panel has not changed for `quiet_ms` (after Pause, the frames already on their way
+    still land for a moment; a toolbar click during such a redraw can be lost)."""
+    page.wait_for_function(
+        f"""quiet => {{ const now = ({MF_POINTS})(); const t = performance.now();
+            if (window.__settled === undefined || window.__settled.points !== now) window.__settled = {{points: now, since: t}};
+            return t - window.__settled.since >= quiet; }}""", arg=quiet_ms, timeout=timeout_ms, polling=100)
+
+
 def job_state(page) -> str:
     el = page.locator(".advft-status span.advft-chip")
     return el.first.inner_text() if el.count() else ""

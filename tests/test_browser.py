@@ -14,7 +14,7 @@ import pytest
 import time
 
 from app.e2e import (CHROMIUM, MF_POINTS, ZOOM_OOD_PIXELS, chromium_page, png_size, streamlit_server, wait_loaded,
-                     wait_state)
+                     wait_settled, wait_state)
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
 
@@ -29,13 +29,17 @@ def test_train_watch_export_reload(data_dir, tmp_path):
         assert page.get_by_role("spinbutton", name="Margin m").input_value() == "12"
         before = page.evaluate(MF_POINTS)
 
+        # The chart is drawn once and then updated in place (app/chart.js), never remounted per frame.
+        page.evaluate("() => { document.querySelector('.js-plotly-plot').__mounted_before_start = true; }")
         page.get_by_role("button", name="Start").click()
         wait_state(page, ("running",))
         page.wait_for_function(f"before => {{ const now = ({MF_POINTS})(); return now !== null && now !== before; }}",
                                arg=before, timeout=90_000)
+        assert page.evaluate("() => document.querySelector('.js-plotly-plot').__mounted_before_start === true")
 
         page.get_by_role("button", name="Pause").click()
         wait_state(page, ("paused",))
+        wait_settled(page)
         link = page.url
 
         # The toolbar's camera downloads the chart at the Export settings (1600 x 800 at 3x by default).
