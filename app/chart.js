@@ -76,22 +76,22 @@ export default function (component) {
     parentElement.appendChild(gd);
   }
   if (gd.__spec === data.spec && gd.__config === data.config) return; // a rerun that changed nothing here
-  const config = JSON.parse(data.config);
-  const configChanged = gd.__config !== undefined && !sameConfig(JSON.parse(gd.__config), config);
   gd.__spec = data.spec;
   gd.__config = data.config;
   loadPlotly(data.src)
     .then((Plotly) => {
       if (gd.__spec !== data.spec) return null; // a newer figure arrived meanwhile: it draws itself
       const figure = JSON.parse(data.spec); // Plotly takes it over (decodes arrays in place, adds defaults)
-      const before = gd.__figure;
+      const config = JSON.parse(data.config);
+      // Compared with what was last drawn (not last sent: a figure replaced before drawing never was).
+      const before = gd.__figure, configBefore = gd.__drawnConfig;
       gd.__figure = JSON.parse(data.spec); // as sent: what the next update is compared with
-      if (!configChanged && gd.__drawn && pointsOnly(before, figure)) {
+      gd.__drawnConfig = config;
+      if (before && sameConfig(configBefore, config) && pointsOnly(before, figure)) {
         // The download button's file name follows the figure (e.g. the atlas cell): read when clicked.
         gd._context.toImageButtonOptions = config.toImageButtonOptions;
         return movePoints(Plotly, gd, before, figure);
       }
-      gd.__drawn = true;
       return Plotly.react(gd, figure.data, figure.layout, config);
     })
     .catch((error) => {
