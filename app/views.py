@@ -84,8 +84,8 @@ def plotly_js_served() -> bool:
 
 
 def chart(fig, key: str, config: dict) -> None:
-    """A Plotly figure that a rerun redraws in place (app/chart.js: Plotly.react on the mounted chart)
-    instead of remounting it as st.plotly_chart does for every new figure."""
+    """A Plotly figure that a rerun redraws in place (app/chart.js: moves the changed points, or
+    Plotly.react on the mounted chart) instead of remounting it as st.plotly_chart does for every new figure."""
     if not plotly_js_served():
         st.plotly_chart(fig, key=key, config=config)
         return

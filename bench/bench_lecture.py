@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from core.advft import preset_config  # noqa: E402
 from core.attacks import AttackConfig, run_attack  # noqa: E402
 from core.data import resolve_data_dir  # noqa: E402
+from core.runs import RunDir  # noqa: E402
 from core.training import load_victim, preset_victim  # noqa: E402
 
 
@@ -78,8 +78,7 @@ def main() -> int:
                      "kl_test": metrics["kl_test"], "before": before, "after": after})
         print(json.dumps(rows[-1]), flush=True)
 
-    cfg = json.loads((out / "lecture-s0" / "config.json").read_text())["advft"]
-    cfg = preset_config("lecture", **cfg)
+    cfg = RunDir(out / "lecture-s0").config().advft  # the settings the runs were made with (flags included)
     load = os.getloadavg()
     print(f"\nlecture preset: m = {cfg.margin:g}, N = {cfg.epochs}, I_G = {cfg.i_g}, I_F = {cfg.i_f}, "
           f"lr_f {cfg.lr_f:g} ({cfg.lr_schedule}) · {os.cpu_count()} CPUs · load {load[0]:.2f} {load[1]:.2f}")

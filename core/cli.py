@@ -24,7 +24,7 @@ from .data import DATASETS, DataError, OOD_SOURCES, resolve_data_dir
 from .device import describe, pick_device
 from .models import ARCHS, CheckpointError, load_model, save_model
 from .runs import RunError, atomic_write_json, list_runs, resolve_runs_dir
-from .training import one_line
+from .training import RECORDED_FRAMES, one_line
 
 USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, ValueError, FileNotFoundError, PermissionError)
 
@@ -608,7 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("record", help="record a preset's run for the app to open instantly",
                          description="Run a preset and keep a compact copy (config, metrics, model, epoch "
-                                     "snapshots, 30 compact frames) in OUT/recorded-<preset>.")
+                                     f"snapshots, {RECORDED_FRAMES} compact frames) in OUT/recorded-<preset>.")
     rec.add_argument("--preset", default="lecture", choices=list(PRESETS))
     rec.add_argument("--seed", type=_seed, default=0)
     rec.add_argument("--out", default="assets/recorded", help="folder of the recordings (default %(default)s)")

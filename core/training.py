@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .advft import AdvFT, AdvFTConfig, ConfigError, PRESETS, Snapshot
+from .advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, PRESETS, Snapshot
 from .data import Dataset, load_dataset, load_ood
 from .device import describe
 from .models import CheckpointError, Classifier, load_model, save_model
@@ -362,9 +362,9 @@ def recorded_runs() -> list[RunDir]:
 # ---------------------------------------------------------------- M_R before any training
 
 
-# What M_R's snapshot before training depends on besides the victim and the data: the probe sets and
-# the generator's first samples. The training knobs (margin, steps, learning rates...) do not.
-PREVIEW_FIELDS = ("seed", "probe_size", "ood", "latent_dim", "gen_width")
+# What M_R's snapshot before training depends on besides the victim and the data: what building a trainer
+# reads (BUILD_FIELDS) but the evaluation sets, which a preview makes tiny, and the ID-OOD permission.
+PREVIEW_FIELDS = tuple(f for f in BUILD_FIELDS if f not in ("eval_train_size", "eval_ood_size", "allow_id_ood"))
 PREVIEW_CACHE_ENTRIES = 32  # a URL can ask for any seed: the disk cache keeps only the newest few
 
 
