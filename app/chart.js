@@ -44,22 +44,20 @@ function sameArray(a, b) {
   return JSON.stringify(a) === JSON.stringify(b);
 }
 
-// Moves the changed traces' points and retitles, without rebuilding the SVG of every point (Plotly.react
-// takes ~100-200 ms for the ~3,000 points of the Fig. 5 panels on a 2-core CPU).
+// Moves the points and retitles, without rebuilding the SVG of every point (Plotly.react takes ~100-200 ms
+// for the ~3,000 points of the Fig. 5 panels on a 2-core CPU). Every trace goes in, changed or not:
+// Plotly.animate drops from the drawing the traces of a panel it is not given (M_R's points vanished
+// when only M_F's moved), even though they stay in the figure's data.
 function movePoints(Plotly, gd, before, after) {
-  const traces = [], data = [];
-  after.data.forEach((t, i) => {
-    if (!sameArray(t.x, before.data[i].x) || !sameArray(t.y, before.data[i].y)) {
-      traces.push(i);
-      data.push({ x: t.x, y: t.y });
-    }
-  });
+  const moved = after.data.some((t, i) => !sameArray(t.x, before.data[i].x) || !sameArray(t.y, before.data[i].y));
+  const traces = after.data.map((_, i) => i);
+  const data = after.data.map((t) => ({ x: t.x, y: t.y }));
   const titles = {};
   (after.layout.annotations || []).forEach((a, i) => {
     if (a.text !== before.layout.annotations[i].text) titles[`annotations[${i}].text`] = a.text;
   });
   const steps = [];
-  if (traces.length) {
+  if (moved) {
     steps.push(Plotly.animate(gd, { data, traces }, { transition: { duration: 0 }, frame: { duration: 0, redraw: false } }));
   }
   if (Object.keys(titles).length) steps.push(Plotly.relayout(gd, titles));

@@ -40,6 +40,10 @@ def test_train_watch_export_reload(data_dir, tmp_path):
         page.get_by_role("button", name="Pause").click()
         wait_state(page, ("paused",))
         wait_settled(page)
+        # After frames moved in place, every point of both panels is still drawn (M_R's too, which did not move)
+        drawn = page.evaluate("() => ['xy', 'x2y2'].map(s => document.querySelectorAll("
+                              "`.js-plotly-plot .subplot.${s} .scatterlayer path.point`).length)")
+        assert drawn[0] == drawn[1] > 500, drawn
         link = page.url
 
         # The toolbar's camera downloads the chart at the Export settings (1600 x 800 at 3x by default).
