@@ -23,12 +23,13 @@ function loadPlotly(src) {
   return window.__advftPlotly;
 }
 
-// What a fast update may change: the points of traces (same traces, same point counts) and the text of
-// annotations (subplot titles). Everything else (layout, styles, a trace more or less) goes to Plotly.react.
+// What a fast update may change: the points of traces (same traces, same point counts), the text of
+// annotations (subplot titles) and layout.meta (which frame the figure shows: core.figures.frame_meta).
+// Everything else (layout, styles, a trace more or less) goes to Plotly.react.
 function pointsOnly(before, after) {
   if (!before || before.data.length !== after.data.length) return false;
   const rest = (f) => JSON.stringify({
-    layout: { ...f.layout, annotations: (f.layout.annotations || []).map((a) => ({ ...a, text: "" })) },
+    layout: { ...f.layout, meta: null, annotations: (f.layout.annotations || []).map((a) => ({ ...a, text: "" })) },
     data: f.data.map((t) => ({ ...t, x: t.x && (t.x.bdata || t.x).length, y: t.y && (t.y.bdata || t.y).length })),
   });
   return rest(before) === rest(after);
@@ -61,7 +62,8 @@ function movePoints(Plotly, gd, before, after) {
     steps.push(Plotly.animate(gd, { data, traces }, { transition: { duration: 0 }, frame: { duration: 0, redraw: false } }));
   }
   if (Object.keys(titles).length) steps.push(Plotly.relayout(gd, titles));
-  return Promise.all(steps);
+  // meta draws nothing: set once the points are drawn, so that it says what the chart shows
+  return Promise.all(steps).then(() => { gd.layout.meta = after.layout.meta; });
 }
 
 export default function (component) {

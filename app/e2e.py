@@ -25,6 +25,9 @@ FIG5_DRAWN = ("() => { const e = document.querySelector('.js-plotly-plot');"
 # The M_F panel's points (its traces carry meta 'now:<role>'), as one string to compare.
 MF_POINTS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
              " return JSON.stringify(e.data.filter(t => (t.meta || '').startsWith('now:')).map(t => [t.x, t.y])); }")
+# The step of the frame the Fig. 5 chart has drawn (core.figures.frame_meta; app/chart.js sets it once drawn).
+DRAWN_STEP = ("() => { const e = document.querySelector('.js-plotly-plot');"
+              " return e && e.layout && e.layout.meta ? e.layout.meta.step : null; }")
 # The zoom panel's OOD crosses in screen pixels (data coordinates through the drawn axis scale).
 ZOOM_OOD_PIXELS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
                    " const t = (e._fullData || []).find(t => t.meta === 'zoom:ood'); const L = e._fullLayout;"

@@ -8,7 +8,8 @@ Measures
      cached on disk) and restarts (M_R's preview snapshot read from the runs dir's .cache);
   2. a recorded run (assets/recorded): page load -> its Fig. 5 panels drawn;
   3. Start -> the first M_F frame in which the OOD probes have moved at least twice as far as the ID
-     probes (read from the panels' own traces);
+     probes (read from the panels' own traces); the browser test only checks that such frames are drawn,
+     this is where their timing is measured;
   4. while the lecture preset trains: how many distinct M_F panel updates the browser shows per
      second (sampled every 50 ms in the page over --window seconds), and the training steps/s
      done meanwhile (from the page's own status line); for the ratio, the engine's steps/s with no

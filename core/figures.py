@@ -252,7 +252,14 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
         fig.layout.annotations[2].font.color = t["roles"]["m_f"]
     fig.layout.annotations[0].font.color = t["roles"]["m_r"]
     fig.layout.annotations[1].font.color = t["roles"]["m_f"]
+    fig.layout.meta = frame_meta(snapshot)
     return style_layout(fig, style, height, uirevision="fig5")
+
+
+def frame_meta(snapshot: Snapshot) -> dict:
+    """Which frame a Fig. 5 figure shows, in its layout.meta: a page (or a browser test) reads from the drawn
+    chart what it shows, not only what was sent to it."""
+    return {"step": snapshot.step, "epoch": snapshot.epoch}
 
 
 def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: Ranges,
@@ -273,6 +280,7 @@ def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: R
                 xy = before_gen if tag == "before" else role_points(role)
                 trace.x, trace.y = xy[:, 0], xy[:, 1]
         fig.layout.annotations[1].text = now_title or f"M_F, epoch {snapshot.epoch}"
+        fig.layout.meta = frame_meta(snapshot)
         _square_axes(fig, ranges, 2)
 
 

@@ -18,6 +18,7 @@ import streamlit as st
 from app import views
 from app.jobs import ABANDON_AFTER_S, WORKERS, Job, JobSpec, Warmup, new_run_dir
 from app.state import FIG5_COMMAND, KNOBS, UI_PRESETS, UIState, for_run, preset_available
+from app.timeline import shown
 from app.views import job_slots, session_job
 from core import figures
 from core.advft import AdvFTConfig, ConfigError, Snapshot
@@ -273,9 +274,12 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
 REPLAY_SPEEDS = (2, 5, 10, 20)  # frames per second
 
 
-def timeline(ui: UIState, run: RunDir | None, live: bool):
+def timeline(ui: UIState, run: RunDir | None, live: bool, active: bool = False):
     """The timeline: scrub the run's frames one by one (its epoch snapshots, for runs recorded before
-    frames existed), or follow the live job. Returns 'live', ('frame', step), ('epoch', e) or None."""
+    frames existed), or follow the live job. Returns 'live', ('frame', step), ('epoch', e) or None.
+
+    `live`: the job's newest snapshot is at hand; `active`: a job of this run is working (the timeline then
+    follows it until the user moves the slider: app.timeline.shown)."""
     if run is None:
         return "live" if live else None
     frames, epochs = run.frame_steps(), run.snapshot_epochs()
@@ -290,10 +294,9 @@ def timeline(ui: UIState, run: RunDir | None, live: bool):
     key = f"timeline_{ui.run}"
     replay = st.session_state.get("replay")
     replaying = bool(replay and replay["run"] == ui.run)
-    if replaying:  # a replay moves the slider, one frame per rerun
-        st.session_state[key] = options[min(replay["index"], len(options) - 1)]
-    elif key not in st.session_state or st.session_state[key] not in options:
-        st.session_state[key] = wanted if wanted in options else options[-1]
+    st.session_state[key] = shown(options, st.session_state.get(key), wanted,
+                                  following=active and st.session_state.get("timeline_chosen") != ui.run,
+                                  replay_index=replay["index"] if replaying else None)  # a replay: one frame per rerun
 
     def parse(o: str):
         kind, _, n = o.partition(":")
@@ -313,7 +316,7 @@ def timeline(ui: UIState, run: RunDir | None, live: bool):
     if len(options) == 1:
         return parse(options[0])
     raw = st.select_slider("Timeline (frame by frame)" if frames else "Timeline (saved epochs)", options,
-                           key=key, format_func=label, on_change=_stop_replay)
+                           key=key, format_func=label, on_change=_choose_frame, args=(ui.run, key))
     choice = parse(raw)
     # The URL names an epoch when an epoch's end is shown and it is not the latest (a link to a finished
     # run shows its end); the frames between epochs are not in the URL.
@@ -328,6 +331,15 @@ def timeline(ui: UIState, run: RunDir | None, live: bool):
 
 def _stop_replay() -> None:
     st.session_state.pop("replay", None)
+
+
+def _choose_frame(run_name: str, key: str) -> None:
+    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again)."""
+    _stop_replay()
+    if st.session_state.get(key) == "live":
+        st.session_state.pop("timeline_chosen", None)
+    else:
+        st.session_state.timeline_chosen = run_name
 
 
 def replay_controls(run_name: str, frames: int) -> None:
@@ -368,7 +380,7 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     try:
         if run is not None and v is None and not run.path.is_dir():
             raise RunError(f"run '{run.name}' no longer exists under {run.path.parent}")
-        choice = timeline(ui, run, live=bool(v and v.snapshot is not None and v.active))
+        choice = timeline(ui, run, live=bool(v and v.snapshot is not None and v.active), active=bool(v and v.active))
         if choice == "live" or (v is not None and choice is None):
             snapshot = v.snapshot if v else None
             history = list(snapshot.history) if snapshot else []
