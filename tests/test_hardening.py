@@ -28,7 +28,7 @@ ENTRY = str(ROOT / "streamlit_app.py")
 TINY = ["--epochs", "1", "--ig", "1", "--if", "2", "--batch-size", "16"]
 
 
-def cli(*args, cwd=ROOT, env=None, timeout=120) -> tuple[int, str, str]:
+def cli(*args, cwd=ROOT, env=None, timeout=600) -> tuple[int, str, str]:
     done = subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     return done.returncode, done.stdout, done.stderr
