@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from .data import OOD_SOURCES, Dataset, ImageSet, stratified_indices, to_float
+from .errors import UserError
 from .metrics import Evaluator, kl_divergence, outputs
 
 EPS = 1e-6
@@ -39,11 +40,11 @@ LR_SCHEDULES = ("constant", "cosine")
 MAX_EPOCHS = 10_000
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting is out of range; the message names it and the allowed values."""
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """A loss became NaN or infinite."""
 
 

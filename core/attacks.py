@@ -48,6 +48,7 @@ import torch.nn.functional as F
 
 from .advft import ConfigError, Generator
 from .data import DATASETS, DataError, Dataset, check_images, convert_images, load_dataset, load_ood, nchw, to_float
+from .errors import UserError
 from .metrics import accuracy, agreement, outputs
 from .models import FULL_WIDTH, Classifier, build_model
 
@@ -62,7 +63,7 @@ TOP1_RAISE = 1.01   # DP: a top class that lost its lead is set 1% above the lar
 QUERY_CHUNK = 500   # KnockoffNets asks the API in chunks this size (converting images in bulk is ~10x faster)
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(UserError, RuntimeError):
     """A query would go past the API's budget; nothing of it was answered or counted."""
 
     def __init__(self, used: int, budget: int, asked: int):

@@ -18,19 +18,23 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .advft import AdvFTConfig, ConfigError, MAX_EPOCHS, PRESETS, TrainingDiverged, preset_config
+from . import knobs
+from .advft import AdvFTConfig, MAX_EPOCHS, PRESETS, TrainingDiverged, preset_config
 from .attacks import ATTACKS, DEFENCES, LABELS, SAMPLINGS, SURROGATES, AttackConfig, AttackResult, DefenceConfig
 from .data import DATASETS, DataError, OOD_SOURCES, resolve_data_dir
 from .device import describe, pick_device
+from .errors import UserError
 from .models import ARCHS, CheckpointError, load_model, save_model
 from .runs import RunError, atomic_write_json, list_runs, resolve_runs_dir
 from .training import RECORDED_FRAMES, one_line
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, ValueError, FileNotFoundError, PermissionError)
+# A user's mistake ends as one line: the project's own UserError, a value that does not parse, a path
+# that does not exist or cannot be written.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, PermissionError)
 
 
-class CLIError(Exception):
-    pass
+class CLIError(UserError):
+    """A combination of options the command cannot run; the message says which to change."""
 
 
 # ---------------------------------------------------------------- argument types
@@ -52,16 +56,6 @@ def _int_range(low: int, high: int):
 
 _positive_int, _nonneg_int = _int_range(1, 10**10), _int_range(0, 10**10)
 _seed = _int_range(0, 2**31 - 1)
-
-
-def _margin(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text[:40]})")
-    return v
 
 
 def _csv_floats(text: str) -> list[float]:
@@ -170,11 +164,8 @@ def cmd_train_victim(a) -> int:
 
 
 def advft_config(a) -> AdvFTConfig:
-    """The preset's config with every AdvFT option the command has and the user gave."""
-    options = {"margin": "margin", "epochs": "epochs", "i_g": "ig", "i_f": "if", "seed": "seed",
-               "batch_size": "batch_size", "lr_g": "lr_g", "lr_f": "lr_f", "distance": "distance",
-               "fake_reduce": "fake_reduce", "lr_schedule": "lr_schedule", "ood": "ood"}
-    overrides = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
+    """The preset's config with every AdvFT knob flag the user gave (core.knobs)."""
+    overrides = knobs.overrides(a)
     if getattr(a, "allow_id_transfer", False):
         overrides["allow_id_ood"] = True
     if _scale(a) == "paper":  # the paper's AdvFT settings, with the N of its table for this attack
@@ -578,25 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(t)
     t.set_defaults(func=cmd_train_victim)
 
-    d = AdvFTConfig()
     v = sub.add_parser("advft", help="protect a victim with adversarial fine-tuning",
                        description="Run AdvFT (Algorithm 1) and write a run folder with metrics.json and model.pt.")
     v.add_argument("--victim", help="checkpoint path or committed victim name (default: the preset's victim)")
     v.add_argument("--preset", default="lecture", choices=list(PRESETS), help="defaults for all settings below")
-    v.add_argument("--margin", type=_margin, help=f"m (preset lecture: {d.margin})")
-    v.add_argument("--epochs", type=_int_range(1, MAX_EPOCHS), help=f"N (lecture: {d.epochs})")
-    v.add_argument("--ig", type=_nonneg_int, help=f"generator steps per epoch I_G (lecture: {d.i_g})")
-    v.add_argument("--if", type=_positive_int, help=f"model steps per epoch I_F (lecture: {d.i_f})")
-    v.add_argument("--batch-size", type=_positive_int)
-    v.add_argument("--lr-g", type=float)
-    v.add_argument("--lr-f", type=float)
-    v.add_argument("--distance", choices=["l2", "l2sq"], help="l2: authors' code; l2sq: the paper's equations")
-    v.add_argument("--fake-reduce", choices=["mean", "median"])
-    v.add_argument("--lr-schedule", choices=["constant", "cosine"])
-    v.add_argument("--ood", choices=list(OOD_SOURCES), help="OOD probe set for plots and OOD metrics")
+    knobs.add_flags(v, skip=("allow_id_ood",))
     v.add_argument("--allow-id-transfer", action="store_true",
                    help="allow an --ood source that is the victim's own training distribution (refused otherwise)")
-    v.add_argument("--seed", type=_seed)
     v.add_argument("--out", required=True, help="run folder to create")
     v.add_argument("--resume", action="store_true", help="continue the run in --out from its last finished epoch")
     _common(v)
@@ -644,10 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "improving, DFME 1M), paper (the paper's: KnockoffNets 50k for up to 100 passes, DFME 6M, "
                             "the paper preset's AdvFT with N = 75 / 6; for a GPU). Default: cpu for table-mnist, "
                             "paper for paper, else toy")
-        e.add_argument("--margin", type=_margin, help="AdvFT margin m (default: the preset's)")
-        e.add_argument("--epochs", type=_int_range(1, MAX_EPOCHS), help="AdvFT epochs N (default: the preset's)")
-        e.add_argument("--ig", type=_nonneg_int, help="AdvFT generator steps per epoch I_G (default: the preset's)")
-        e.add_argument("--if", type=_positive_int, help="AdvFT model steps per epoch I_F (default: the preset's)")
+        knobs.add_flags(e, skip=("seed", "allow_id_ood"))  # --seed and --allow-id-transfer: the attack's options
         if name == "table":
             e.add_argument("--protected", help="an existing protected model.pt for the AdvFT row (skips running AdvFT)")
             e.add_argument("--rows", type=_csv_rows, help=f"rows to run (default all: {','.join(TABLE_METHODS)})")
@@ -707,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         a.data_dir = str(resolve_data_dir(a.data_dir))
     try:
         return a.func(a)
-    except (CLIError, *USER_ERRORS) as e:
+    except USER_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

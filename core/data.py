@@ -21,11 +21,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 DATA_DIR_ENV = "ADVFT_DATA_DIR"
 DEFAULT_DATA_DIR = "./data"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset cannot be found or read; the message says what to do about it."""
 
 

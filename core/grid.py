@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Callable
 
 from .device import describe, pick_device
+from .errors import UserError
 from .runs import atomic_write_json, read_json
 from .training import one_line
 
@@ -59,9 +60,9 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}")
 RESERVED = ("cells",)
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """The grid cannot start (bad cell names, a busy or foreign --out, Ray missing or unreachable);
-    the message says what to do. A ValueError, so the CLI reports it in one line with exit status 2."""
+    the message says what to do."""
 
 
 class CellStopped(Exception):

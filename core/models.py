@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .data import DATASETS
+from .errors import UserError
 
 # Per-dataset normalisation, applied inside the model.
 NORMALISATION = {
@@ -27,7 +28,7 @@ NORMALISATION = {
 CHECKPOINT_FORMAT = "advft-model/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A file is not a checkpoint this project wrote, or does not fit where it is used."""
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from .advft import AdvFTConfig, ConfigError, Snapshot
+from .errors import UserError
 
 try:  # POSIX; elsewhere runs are not locked (one writer is then the user's business)
     import fcntl
@@ -90,7 +91,7 @@ def read_json(path: str | Path, default=None):
         return default
 
 
-class RunError(ValueError):
+class RunError(UserError, ValueError):
     """A run folder is gone, or one of its files does not read; the message names the run and the file."""
 
 

@@ -20,9 +20,29 @@ def run(capsys, *argv):
     return code, out.out, out.err
 
 
-def test_help_runs_as_a_module():
+def test_help_shows_every_presets_real_values():
+    """`advft --help` names, for every knob of AdvFTConfig, the value each preset really uses."""
+    import re
+
+    from core.advft import PRESETS, preset_config
+    from core.knobs import KNOBS
+
     r = subprocess.run([sys.executable, "-m", "core", "advft", "--help"], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "--margin" in r.stdout and "--preset" in r.stdout
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split("options:")[1].split())  # argparse wraps lines
+    for knob in KNOBS:
+        if knob.name == "allow_id_ood":  # --allow-id-transfer, one switch for every command
+            continue
+        assert knob.flag in text, knob.flag
+        helptext = text[text.index(knob.flag + " "):]
+        helptext = helptext[helptext.index("(presets: "):helptext.index(")", helptext.index("(presets: "))]
+        for name in PRESETS:
+            value = getattr(preset_config(name), knob.name)
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            assert re.search(rf"(every preset|\b{re.escape(name)}\b[^:;]*): {re.escape(shown)}(;|$)", helptext), \
+                (knob.name, name, shown, helptext)
+    lecture = preset_config("lecture")
+    assert f"lecture, offline: {lecture.margin:g}" in text and f"lecture, offline: {lecture.i_g}" in text
 
 
 def test_train_victim_offline_default(tmp_path, capsys):
@@ -63,7 +83,7 @@ def test_advft_happy_path(tmp_path, capsys, small_data_dir):
     (["advft", "--margin", "-3", "--out", "X"], "must be a finite number > 0"),
     (["advft", "--margin", "nan", "--out", "X"], "must be a finite number > 0"),
     (["advft", "--margin", "inf", "--out", "X"], "must be a finite number > 0"),
-    (["advft", "--epochs", "0", "--out", "X"], "must be >= 1"),
+    (["advft", "--epochs", "0", "--out", "X"], "epochs must be an integer from 1"),
     (["advft", "--preset", "nope", "--out", "X"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, capsys, tmp_path):
