@@ -8,11 +8,11 @@ export controls, and the heartbeat that lets a closed tab's job stop itself.
 
 import streamlit as st
 
-from app import views
+from app import session, views
 
 st.set_page_config(page_title="AdvFT", page_icon="🛡️", layout="wide")
 views.load_css()
-views.ui_state()
+session.ui_state()
 page = st.navigation([
     st.Page("app/pages/defend.py", title="Defend", icon=":material/shield:", url_path="defend", default=True),
     st.Page("app/pages/atlas.py", title="Atlas", icon=":material/grid_view:", url_path="atlas"),
@@ -21,6 +21,6 @@ page = st.navigation([
 ])
 page.run()
 views.shared_sidebar()
-views.heartbeat()
-views.mirror_url()
+session.heartbeat()
+session.mirror_url()
 views.preload_modules()  # after the page: it never delays the first plot

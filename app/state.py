@@ -8,65 +8,47 @@ Range checks are core's own (AdvFTConfig.validate), not a copy of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
-from core.advft import DISTANCES, FAKE_REDUCTIONS, PRESETS, AdvFTConfig, ConfigError, preset_config
+from core.advft import PRESETS, AdvFTConfig, preset_config
+from core.knobs import PAGE_KNOBS
 from core.runs import RunConfig
-from core.training import VICTIM_COMMANDS, committed_victims, victim_path
+from core.victims import committed_victims, train_command, victim_path
 
 
 @dataclass(frozen=True)
 class UIPreset:
     label: str
-    core_preset: str   # which core.advft.PRESETS entry gives the AdvFT settings
+    core_preset: str   # which core.advft.PRESETS entry gives the AdvFT settings and the victim
     victim: str        # committed victim name under assets/victims
 
 
-# The paper's Fig. 5 model (ResNet-18 with a 2-D penultimate layer, MNIST) is not committed: it is
-# offered only when its checkpoint exists, with the lecture preset's fast AdvFT settings. Every preset is
-# offered only when its victim's checkpoint exists (preset_available); a URL naming another is told how
-# to train it (VICTIM_COMMANDS).
-FIG5_VICTIM = "mnist_resnet18_2d"
-FIG5_COMMAND = VICTIM_COMMANDS[FIG5_VICTIM]
-UI_PRESETS: dict[str, UIPreset] = {
-    "lecture": UIPreset("lecture demo, CPU", "lecture", PRESETS["lecture"]["victim"]),
-    "offline": UIPreset("offline demo", "offline", PRESETS["offline"]["victim"]),
-    "table-mnist": UIPreset("Tables 2-3 victim (MNIST LeNet), CPU", "table-mnist", PRESETS["table-mnist"]["victim"]),
-    "paper": UIPreset("paper settings", "paper", PRESETS["paper"]["victim"]),
-    "fig5": UIPreset("Fig. 5 of the paper", "fig5", FIG5_VICTIM),
-}
+# How the page names each core preset; a preset without a label here is offered under its own name.
+PRESET_LABELS = {"lecture": "lecture demo, CPU", "offline": "offline demo", "fig5": "Fig. 5 of the paper",
+                 "table-mnist": "Tables 2-3 victim (MNIST LeNet), CPU", "paper": "paper settings"}
+# Every preset is offered only when its victim's checkpoint exists (preset_available); a URL naming
+# another is told how to train it.
+UI_PRESETS: dict[str, UIPreset] = {name: UIPreset(PRESET_LABELS.get(name, name), name, p["victim"])
+                                   for name, p in PRESETS.items()}
+FIG5_COMMAND = train_command(PRESETS["fig5"]["victim"])
 VIEWS = ("full", "simple")        # simple: the teacher-friendly view without the advanced knobs
 STYLES = ("screen", "presentation")
 PROJECTIONS = ("pca", "umap")     # for penultimate layers wider than 2-D
-
-# AdvFT knobs the page exposes, in display order; everything else keeps the preset's value.
-KNOBS = ("margin", "epochs", "i_g", "i_f", "lr_g", "lr_f", "distance", "fake_reduce", "seed")
-CHOICES = {"distance": DISTANCES, "fake_reduce": FAKE_REDUCTIONS, "view": VIEWS, "style": STYLES,
-           "proj": PROJECTIONS}
+OPTIONS = {"view": VIEWS, "style": STYLES, "proj": PROJECTIONS}
+KNOB_NAMES = tuple(k.name for k in PAGE_KNOBS)  # the AdvFT settings the page shows, from core.knobs
 
 
 def preset_available(name: str) -> bool:
     return victim_path(UI_PRESETS[name].victim).is_file()
 
 
-_LECTURE = preset_config("lecture")  # a bare URL opens the lecture preset
-
-
 @dataclass(frozen=True)
 class UIState:
     preset: str = "lecture"
     victim: str = PRESETS["lecture"]["victim"]
-    margin: float = _LECTURE.margin
-    epochs: int = _LECTURE.epochs
-    i_g: int = _LECTURE.i_g
-    i_f: int = _LECTURE.i_f
-    lr_g: float = _LECTURE.lr_g
-    lr_f: float = _LECTURE.lr_f
-    distance: str = _LECTURE.distance
-    fake_reduce: str = _LECTURE.fake_reduce
-    seed: int = _LECTURE.seed
+    advft: AdvFTConfig = field(default_factory=lambda: preset_config("lecture"))  # the preset's, with the page's knobs
     epoch: int | None = None      # the timeline's selected epoch (None: the latest / live)
     run: str | None = None        # a reopened run folder's name under the runs dir
     view: str = "full"
@@ -76,27 +58,36 @@ class UIState:
     atlas_m: float | None = None
     atlas_n: int | None = None
 
+    def __getattr__(self, name: str):
+        """A knob reads through to the config: ui.margin is ui.advft.margin."""
+        if name in KNOB_NAMES:
+            return getattr(object.__getattribute__(self, "advft"), name)
+        raise AttributeError(name)
+
+    def with_(self, **changes) -> "UIState":
+        """replace() that also takes knobs (margin=..., seed=...) and puts them into the config."""
+        knobs = {k: changes.pop(k) for k in list(changes) if k in KNOB_NAMES}
+        return replace(self, **changes, **({"advft": replace(self.advft, **knobs)} if knobs else {}))
+
     # ------------------------------------------------------------ presets and the engine's config
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UIState":
         p = UI_PRESETS[name]
-        cfg = preset_config(p.core_preset)
-        values = {"preset": name, "victim": p.victim, **{k: getattr(cfg, k) for k in KNOBS}}
-        return cls(**{**values, **overrides})
+        return cls(preset=name, victim=p.victim, advft=preset_config(p.core_preset)).with_(**overrides)
 
     def config(self) -> AdvFTConfig:
-        """The engine's config: the preset's, with this state's knobs. Not validated here."""
-        return preset_config(UI_PRESETS[self.preset].core_preset, **{k: getattr(self, k) for k in KNOBS})
+        """The engine's config (a copy). Not validated here."""
+        return replace(self.advft)
 
     def knobs_differ_from_preset(self) -> list[str]:
         base = UIState.from_preset(self.preset)
-        return [k for k in KNOBS + ("victim",) if getattr(self, k) != getattr(base, k)]
+        return [k for k in KNOB_NAMES + ("victim",) if getattr(self, k) != getattr(base, k)]
 
     # ------------------------------------------------------------ URL
     def to_query(self) -> dict[str, str]:
         """Every knob always (a bookmark must not depend on defaults that may change); options when set."""
         q = {"preset": self.preset, "victim": self.victim}
-        q.update({k: _fmt(getattr(self, k)) for k in KNOBS})
+        q.update({k.name: k.format(getattr(self.advft, k.name)) for k in PAGE_KNOBS})
         for k in ("view", "style", "proj"):
             if getattr(self, k) != getattr(UIState, k):
                 q[k] = getattr(self, k)
@@ -119,8 +110,7 @@ class UIState:
             warnings.append(f"preset {_shown(preset)} is not one of {', '.join(UI_PRESETS)}; using 'lecture'")
             preset = "lecture"
         elif not preset_available(preset):
-            victim = UI_PRESETS[preset].victim
-            how = VICTIM_COMMANDS.get(victim, f"python -m core train-victim ... (victim {victim})")
+            how = train_command(UI_PRESETS[preset].victim)
             warnings.append(f"preset '{preset}' needs its victim, which is not trained here ({how}); using 'lecture'")
             preset = "lecture"
         state = cls.from_preset(preset)
@@ -133,21 +123,20 @@ class UIState:
             else:
                 warnings.append(f"victim {_shown(victim)} is not a committed victim ({', '.join(committed_victims())}); "
                                 f"using '{state.victim}'")
-        for name in KNOBS:
-            if name not in q:
+        for knob in PAGE_KNOBS:
+            if knob.name not in q:
                 continue
             try:
-                value = _parse(name, q[name])
-                replace(state.config(), **{name: value}).validate()  # core's own range check
-                changes[name] = value
-            except (ValueError, ConfigError) as e:
-                warnings.append(f"URL value {name}={_shown(q[name])} ignored ({e}); using {getattr(state, name)}")
+                changes[knob.name] = knob.parse(q[knob.name])  # core's own range check
+            except ValueError as e:
+                warnings.append(f"URL value {knob.name}={_shown(q[knob.name])} ignored ({e}); "
+                                f"using {getattr(state, knob.name)}")
         for name in ("view", "style", "proj"):
             if name in q:
-                if q[name] in CHOICES[name]:
+                if q[name] in OPTIONS[name]:
                     changes[name] = q[name]
                 else:
-                    warnings.append(f"URL value {name}={_shown(q[name])} ignored; choose one of {', '.join(CHOICES[name])}")
+                    warnings.append(f"URL value {name}={_shown(q[name])} ignored; choose one of {', '.join(OPTIONS[name])}")
         if "epoch" in q:
             try:
                 changes["epoch"] = _nonneg_int(q["epoch"])
@@ -169,7 +158,7 @@ class UIState:
                     changes[ATLAS_QUERY[key]] = parse(q[key])
                 except ValueError as e:
                     warnings.append(f"URL value {key}={_shown(q[key])} ignored ({e})")
-        return replace(state, **changes), warnings
+        return state.with_(**changes), warnings
 
 
 def for_run(name: str, saved: RunConfig) -> tuple[UIState, list[str]]:
@@ -181,7 +170,7 @@ def for_run(name: str, saved: RunConfig) -> tuple[UIState, list[str]]:
     victim = Path(saved.victim).stem
     if victim:
         query["victim"] = victim
-    query.update({k: _fmt(getattr(saved.advft, k)) for k in KNOBS})
+    query.update({k.name: k.format(getattr(saved.advft, k.name)) for k in PAGE_KNOBS})
     return UIState.from_query(query)
 
 
@@ -210,16 +199,6 @@ def _nonneg_int(text: str) -> int:
     if v < 0:
         raise ValueError("must be >= 0")
     return v
-
-
-def _parse(name: str, text: str):
-    kind = {f.name: f.type for f in fields(UIState)}[name]
-    if name in CHOICES:
-        return text  # validate() names the allowed values
-    try:
-        return int(text) if kind == "int" else float(text)
-    except ValueError:
-        raise ValueError(f"expected {'an integer' if kind == 'int' else 'a number'}") from None
 
 
 def _shown(value: str, limit: int = 60) -> str:

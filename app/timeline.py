@@ -1,9 +1,21 @@
-"""Which frame the Defend page's timeline shows: a pure rule, apart from Streamlit, so it can be tested alone.
+"""The Defend page's timeline over a run's frames, and its replay.
 
-Options are strings ("frame:120", "epoch:2", "live"; select_slider reads a tuple value as a range).
+`Timeline` (which options a run's slider has, how each is labelled, which epoch the URL names) and the
+rule `shown` (which option the slider shows) are plain Python, tested alone. `Replay` is the one
+typed record of a replay in progress; the widget functions at the bottom are the only code that keeps
+either in st.session_state (keys REPLAY and CHOSEN), so no other page reads or pops them.
+
+Options are strings ("frame:120", "epoch:2", "live"): select_slider reads a tuple value as a range.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+REPLAY_SPEEDS = (2, 5, 10, 20)   # frames per second
+REPLAY, CHOSEN = "replay", "timeline_chosen"
 
 
 def shown(options: list[str], stored: str | None, wanted: str | None, *, following: bool,
@@ -25,3 +37,131 @@ def shown(options: list[str], stored: str | None, wanted: str | None, *, followi
     if stored in options:
         return stored
     return wanted if wanted in options else options[-1]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """One run's slider: its frames (one every few steps), or its epoch snapshots for runs recorded
+    before frames existed, and 'live' while a job's newest snapshot is at hand."""
+
+    options: tuple[str, ...]
+    per_epoch: int          # steps per epoch (I_G + I_F): turns a frame's step into its epoch
+    frames: bool
+
+    @classmethod
+    def of(cls, run, live: bool) -> "Timeline":
+        frames, epochs = run.frame_steps(), run.snapshot_epochs()
+        per_epoch = 1
+        if frames:
+            advft = run.config().advft
+            per_epoch = advft.i_g + advft.i_f
+        options = [f"frame:{s}" for s in frames] if frames else [f"epoch:{e}" for e in epochs]
+        return cls(tuple(options + (["live"] if live else [])), per_epoch, bool(frames))
+
+    @staticmethod
+    def parse(option: str):
+        kind, _, n = option.partition(":")
+        return "live" if option == "live" else (kind, int(n))
+
+    def label(self, option: str) -> str:
+        p = self.parse(option)
+        if p == "live":
+            return "live"
+        if p[0] == "epoch":
+            return f"epoch {p[1]}"
+        epoch, step = divmod(p[1], self.per_epoch)
+        if step == 0:  # a frame on an epoch's boundary shows that epoch's end (or M_R, at the start)
+            return f"end of epoch {epoch}" if epoch else "start (M_F = M_R)"
+        return f"epoch {epoch + 1} · step {step}"
+
+    def wanted(self, epoch: int | None) -> str:
+        """The option a link's ?epoch= names."""
+        return f"frame:{epoch * self.per_epoch}" if self.frames and epoch is not None else f"epoch:{epoch}"
+
+    def url_epoch(self, option: str) -> int | None:
+        """The epoch the URL names while `option` is shown: an epoch's end that is not the newest option (a
+        link to a finished run shows its end); frames between epochs are not in the URL."""
+        p = self.parse(option)
+        if p == "live" or option == self.options[-1] or (p[0] == "frame" and p[1] % self.per_epoch):
+            return None
+        return p[1] // self.per_epoch if p[0] == "frame" else p[1]
+
+
+@dataclass
+class Replay:
+    """A finished run played as an animation: the page's live area reruns at `fps`, one frame a rerun."""
+
+    run: str
+    fps: int
+    index: int = 0
+
+
+# ---------------------------------------------------------------- the widgets (Streamlit)
+
+
+def replay_of(run_name: str | None) -> Replay | None:
+    replay = st.session_state.get(REPLAY)
+    return replay if isinstance(replay, Replay) and replay.run == run_name else None
+
+
+def stop_replay() -> None:
+    st.session_state.pop(REPLAY, None)
+
+
+def forget(run_name: str | None = None) -> None:
+    """A new run or a reset: no replay, and the next job is followed again."""
+    stop_replay()
+    st.session_state.pop(CHOSEN, None)
+
+
+def slider(run, run_name: str, epoch: int | None, live: bool, active: bool):
+    """The timeline of `run`; returns (choice, epoch for the URL). `live`: the job's newest snapshot is at
+    hand; `active`: a job of this run is working (followed until the user moves the slider)."""
+    timeline = Timeline.of(run, live)
+    if not timeline.options:
+        return ("live" if live else None), epoch
+    key = f"timeline_{run_name}"
+    replay = replay_of(run_name)
+    st.session_state[key] = shown(list(timeline.options), st.session_state.get(key), timeline.wanted(epoch),
+                                  following=active and st.session_state.get(CHOSEN) != run_name,
+                                  replay_index=replay.index if replay else None)
+    if len(timeline.options) == 1:
+        return timeline.parse(timeline.options[0]), epoch
+    raw = st.select_slider("Timeline (frame by frame)" if timeline.frames else "Timeline (saved epochs)",
+                           timeline.options, key=key, format_func=timeline.label, on_change=_chosen,
+                           args=(run_name, key))
+    if timeline.frames and not live:
+        replay_controls(run_name, len(timeline.options))
+    return timeline.parse(raw), (epoch if replay else timeline.url_epoch(raw))
+
+
+def _chosen(run_name: str, key: str) -> None:
+    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again)."""
+    stop_replay()
+    if st.session_state.get(key) == "live":
+        st.session_state.pop(CHOSEN, None)
+    else:
+        st.session_state[CHOSEN] = run_name
+
+
+def replay_controls(run_name: str, frames: int) -> None:
+    c1, c2, _ = st.columns([1, 2, 4])
+    fps = c2.select_slider("Replay speed (frames/s)", REPLAY_SPEEDS, value=5, key="replay_fps")
+    if replay_of(run_name):
+        if c1.button("Stop replay", icon=":material/stop:", key="replay_stop"):
+            stop_replay()
+            st.rerun()
+    elif c1.button("Play", icon=":material/replay:", key="replay_play", help=f"{frames} frames at {fps}/s"):
+        st.session_state[REPLAY] = Replay(run_name, fps)
+        st.rerun()  # the whole page: the live area's refresh rate becomes the replay's
+
+
+def advance(run) -> None:
+    """One frame further at each rerun of a replay; the last frame ends it."""
+    replay = replay_of(run.name if run is not None else None)
+    if replay is None:
+        return
+    replay.index += 1
+    if replay.index >= len(run.frame_steps()):
+        stop_replay()
+        st.rerun()  # back to the page's normal refresh

@@ -1,10 +1,7 @@
 """Small view components shared by the pages. Each draws one thing from plain inputs; the page
-scripts (the controllers) decide what to draw and wire the actions.
-
-Also the session plumbing every page needs: the one UIState of the session, kept in
-st.session_state and mirrored to the URL (set_ui_state is its only writer); the sidebar's Export
-and style controls (drawn once, by the entry script streamlit_app.py); and cached readers of run
-folders (core.runs raises RunError with a readable message for anything that does not load).
+scripts (the controllers) decide what to draw and wire the actions. Also the sidebar's Export and
+style controls (drawn once, by the entry script streamlit_app.py). The session's state lives in
+app/session.py.
 Any text that comes from a user (URL values, run names, config fields) is shown through `plain`
 or html.escape, never as Markdown or HTML.
 """
@@ -12,6 +9,7 @@ or html.escape, never as Markdown or HTML.
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import re
@@ -21,13 +19,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app.jobs import ACTIVE, JobSlots, SessionJob, default_max_jobs
-from app.state import UIState
+from app.session import set_ui_state, sync, ui_state
 from core import figures
-from core.advft import Snapshot
-from core.data import DataError, load_dataset, resolve_data_dir
-from core.models import read_checkpoint
-from core.runs import RunDir, resolve_runs_dir
 
 CSS = Path(__file__).resolve().parent.parent / "assets" / "style" / "app.css"
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>!:~$|])")  # what can start a link, image, emphasis, code, HTML, directive
@@ -92,33 +85,6 @@ def chart(fig, key: str, config: dict) -> None:
     _CHART(data={"spec": fig.to_json(), "config": json.dumps(config), "src": PLOTLY_URL}, key=key)
 
 
-# ---------------------------------------------------------------- the session's one UI state
-
-
-def ui_state() -> UIState:
-    """The session's UIState: parsed from the URL once per session (warnings kept to show)."""
-    if "ui" not in st.session_state:
-        state, warnings = UIState.from_query(st.query_params.to_dict())
-        st.session_state.url_warnings = warnings
-        set_ui_state(state)
-    return st.session_state.ui
-
-
-def set_ui_state(state: UIState) -> None:
-    """The one writer of st.session_state.ui: store the state and mirror it into the URL. Widget
-    callbacks call it (they run before the page), so the URL never lags behind the last edit."""
-    st.session_state.ui = state
-    mirror_url()
-
-
-def mirror_url() -> None:
-    """The URL's query string := the UIState's (only when it differs, to spare the browser history;
-    the entry script calls it after every page, whose links drop the query string)."""
-    query = st.session_state.ui.to_query()
-    if st.query_params.to_dict() != query:
-        st.query_params.from_dict(query)
-
-
 def show_url_warnings() -> None:
     for w in st.session_state.get("url_warnings", []):
         st.warning(f"Ignored part of the link: {plain(w)}", icon="🔗")
@@ -169,110 +135,6 @@ def shared_sidebar() -> None:
             c1.number_input("Width px", 400, 4000, d.width, 100, key="w_export_w")
             c2.number_input("Height px", 300, 3000, d.height, 100, key="w_export_h")
             st.slider("PNG scale", 3, 6, int(d.scale), key="w_export_scale", help="3x or more for sharp slides")
-
-
-# ---------------------------------------------------------------- environment
-
-
-@st.cache_resource(show_spinner=False)
-def job_slots() -> JobSlots:
-    """Process-wide: how many training jobs may run at once across all sessions (ADVFT_MAX_JOBS)."""
-    return JobSlots(default_max_jobs())
-
-
-@st.cache_resource(scope="session", on_release=lambda s: s.release(), show_spinner=False)
-def session_job() -> SessionJob:
-    """Per browser session: its training job (Defend). Stopped when the session ends, and sooner by
-    the heartbeat (see `heartbeat`)."""
-    return SessionJob()
-
-
-@st.cache_resource(scope="session", on_release=lambda s: s.release(), show_spinner=False)
-def session_task() -> SessionJob:
-    """Per browser session: its attack task (Attack page)."""
-    return SessionJob()
-
-
-HEARTBEAT_S = 2.0
-
-
-def heartbeat() -> None:
-    """While this session has active work, read its views every HEARTBEAT_S from whatever page is open:
-    work nobody reads for ABANDON_AFTER_S (the tab was closed) stops itself and frees its slot."""
-    works = [h.job for h in (session_job(), session_task()) if h.job is not None]
-    if any(w.view().state in ACTIVE for w in works):
-        st.fragment(run_every=HEARTBEAT_S)(_beat)()
-
-
-def _beat() -> None:
-    for holder in (session_job(), session_task()):
-        if holder.job is not None:
-            holder.job.view()
-
-
-@st.cache_resource(show_spinner=False)
-def device_label() -> str:
-    """Where jobs run, said once at start-up."""
-    from core.device import describe, pick_device
-
-    return describe(pick_device("auto"))
-
-
-def data_dir() -> Path:
-    return resolve_data_dir()
-
-
-def runs_dir() -> Path:
-    return resolve_runs_dir()
-
-
-@st.cache_resource(show_spinner=False)
-def victim_dataset(path: str) -> str:
-    """The dataset a victim checkpoint was trained on (read from the checkpoint itself)."""
-    return read_checkpoint(path)["dataset"]
-
-
-@st.cache_resource(show_spinner="Looking for the dataset…")
-def dataset_problem(name: str, data_dir: str) -> str | None:
-    """None when the dataset loads without a download; else the reason, for the page to show."""
-    try:
-        load_dataset(name, data_dir, download=False)
-        return None
-    except (DataError, OSError) as e:
-        return str(e)
-
-
-# ---------------------------------------------------------------- run folders
-
-
-def run_folder(name: str) -> RunDir:
-    """A run by name: under the runs dir, else one of the recordings shipped in assets/recorded."""
-    from core.training import RECORDED_DIR
-
-    run = RunDir(runs_dir() / name)
-    if not run.path.exists() and (RECORDED_DIR / name / "RECORDED.json").is_file():
-        return RunDir(RECORDED_DIR / name)
-    return run
-
-
-def recording(run: RunDir) -> str | None:
-    """The command that made a shipped recording; None for an ordinary run."""
-    info = json.loads((run.path / "RECORDED.json").read_text()) if (run.path / "RECORDED.json").is_file() else {}
-    return info.get("command") if isinstance(info, dict) else None
-
-
-def read_snapshot(run: RunDir, kind: str, index: int) -> Snapshot:
-    """kind 'epoch' (an epoch's snapshot) or 'frame' (the frame at a step). RunError (a readable
-    message) when it is gone or does not load."""
-    path = run.snapshot_path(index) if kind == "epoch" else run.frame_path(index)
-    stamp = path.stat().st_mtime_ns if path.is_file() else 0
-    return _cached_snapshot(str(run.path), kind, index, stamp)
-
-
-@st.cache_resource(max_entries=256, show_spinner=False)  # a replay walks through up to MAX_FRAMES
-def _cached_snapshot(path: str, kind: str, index: int, stamp: int) -> Snapshot:
-    run = RunDir(Path(path))
-    return run.load_snapshot(index) if kind == "epoch" else run.load_frame(index)
 
 
 # ---------------------------------------------------------------- downloads
@@ -345,3 +207,67 @@ def curves_view(fig, export: Export, name: str, key: str) -> None:
     chart(fig, key, export.config(f"{name}-curves"))
     explain("Per epoch. Acc and KL_test show what honest users see (should stay flat / tiny); OOD agreement "
             "is how often M_F still answers like M_R on natural OOD images: lower is a worse teacher for a thief.")
+
+
+# ---------------------------------------------------------------- settings
+
+
+def knob_input(where, knob, locked: bool) -> None:
+    """The widget of one AdvFT knob (core.knobs), key w_<name>, picked by its type; its value goes into the
+    session's UIState (and the URL) through session.sync. Its value must be in session_state already."""
+    common = dict(key=f"w_{knob.name}", on_change=sync, args=(knob.name,), disabled=locked, help=knob.help or None)
+    if knob.choices:
+        where.selectbox(knob.label, knob.choices, **common)
+    elif knob.kind is bool:
+        where.toggle(knob.label, **common)
+    elif knob.kind is int:
+        where.number_input(knob.label, step=int(knob.step), **common)
+    elif knob.kind is float:
+        where.number_input(knob.label, step=float(knob.step), format="%g" if abs(knob.default or 1) >= 0.01 else "%.1e",
+                           **common)
+    else:
+        where.text_input(knob.label, **common)
+
+
+# ---------------------------------------------------------------- the Defend page's pieces
+
+STATE_COLOURS = {"queued": "#888", "preparing": "#888", "running": "#2e7d32", "paused": "#f9a825",
+                 "finished": "#1565c0", "stopped": "#6d4c41", "failed": "#c62828"}
+
+
+def status_line(view, capacity: int) -> None:
+    """A job's state chip, where it is in Algorithm 1, and its message (a JobView)."""
+    state = view.state
+    text = f"<span class='advft-chip' style='background:{STATE_COLOURS.get(state, '#888')}'>{state}</span>"
+    if state == "queued":
+        text += (f"waiting for a free training slot: <b>place {view.place or '?'} in line</b> "
+                 f"(at most {capacity} run at once on this machine)")
+    else:
+        # The epoch in progress is epoch+1 until the last one is done ("epoch 1 of 6" from the first step).
+        shown = min(view.epoch + (state not in ("finished", "preparing")), view.epochs)
+        text += (f"epoch <b>{shown}</b> of {view.epochs} · phase {view.phase} (G {view.g_done}, F {view.f_done}) · "
+                 f"{html.escape(view.device or '')} · run {html.escape(view.run_name)}")
+        if view.manual_steps:
+            text += f" · {view.manual_steps} manual G/F steps"
+    st.html(f"<div class='advft-status' data-testid='advft-status' data-state='{state}'>{text}</div>")
+    if view.message and state in ("failed", "stopped"):
+        (st.error if state == "failed" else st.info)(plain(view.message))
+    elif view.message:
+        st.caption(plain(view.message))
+
+
+def axes_note(proj, ranges) -> None:
+    note = f"Axes fixed from M_R's features (+{int(figures.HEADROOM * 100)}% headroom)"
+    if ranges.extended_at:
+        note += f"; extended at {', '.join(ranges.extended_at[-3:])} because points left them"
+    st.caption(f"{note}. Plane: {proj.label}. Dotted rays: class directions of the frozen last layer.")
+
+
+def strip_view(snaps, proj, ranges, classes, style: str, export: Export, name: str):
+    """M_F at a few saved epochs on the same axes, for slides; returns the figure."""
+    st.markdown("**M_F over the run** (first / middle / last saved epoch, same axes)")
+    strip = figures.small_multiples(snaps, proj, ranges, classes, style)
+    chart(strip, "strip", export.config(f"{name}-strip"))
+    explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the ID digits stay on "
+            "their rays.")
+    return strip

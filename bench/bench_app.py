@@ -75,7 +75,8 @@ def engine_steps_per_s(data_dir: str, steps: int = 100, threads: int = 1) -> flo
     import torch
 
     from core.advft import preset_config
-    from core.training import load_victim, new_trainer, preset_victim
+    from core.training import load_victim, new_trainer
+    from core.victims import preset_victim
 
     torch.set_num_threads(threads)
     model, data = load_victim(preset_victim("lecture"), data_dir)

@@ -31,7 +31,8 @@ from core.attacks import AttackConfig, run_attack  # noqa: E402
 from core.data import resolve_data_dir  # noqa: E402
 from core.device import describe, pick_device  # noqa: E402
 from core.models import load_model  # noqa: E402
-from core.training import load_victim, preset_victim  # noqa: E402
+from core.training import load_victim  # noqa: E402
+from core.victims import preset_victim  # noqa: E402
 
 
 def attack(path, config: AttackConfig, data_dir, device) -> dict:

@@ -36,7 +36,7 @@ from core.attacks import AttackConfig  # noqa: E402
 from core.data import resolve_data_dir  # noqa: E402
 from core.experiments import margin_cells, run_cell  # noqa: E402
 from core.grid import RayExecutor, run_grid  # noqa: E402
-from core.training import VICTIMS_DIR  # noqa: E402
+from core.victims import VICTIMS_DIR  # noqa: E402
 
 
 def small_data(data_dir: Path, out: Path) -> Path:

@@ -33,7 +33,8 @@ import torch  # noqa: E402
 from core.attacks import AttackConfig, run_attack  # noqa: E402
 from core.data import resolve_data_dir  # noqa: E402
 from core.runs import RunDir  # noqa: E402
-from core.training import load_victim, preset_victim  # noqa: E402
+from core.training import load_victim  # noqa: E402
+from core.victims import preset_victim  # noqa: E402
 
 
 def protect(seed: int, out: Path, data_dir, flags: list[str]) -> tuple[dict, float]:

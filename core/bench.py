@@ -19,7 +19,8 @@ import torch
 from .advft import AdvFT, fine_tune_loss, generator_loss, preset_config
 from .data import to_float
 from .device import describe, pick_device
-from .training import load_victim, new_trainer, preset_victim, run_advft
+from .training import load_victim, new_trainer, run_advft
+from .victims import preset_victim
 
 TARGETS = {
     "wall time (s)": ("seconds_wall", lambda v: v <= 90, "<= 90"),

@@ -193,7 +193,8 @@ def _attack_name(a) -> str:
 
 
 def cmd_advft(a) -> int:
-    from .training import RecordedRun, drive, preset_victim
+    from .training import RecordedRun, drive
+    from .victims import preset_victim
 
     out = Path(a.out)
     device = pick_device(a.device)
@@ -314,9 +315,9 @@ def cmd_attack(a) -> int:
 def _portable(path: str | None) -> str | None:
     """A committed victim's name as it is; any other path made absolute, so cells running elsewhere
     (a Ray worker's folder, another node with the same checkout) read the same file."""
-    from .training import VICTIM_COMMANDS, committed_victims
+    from .victims import committed_victims, registry
 
-    if path is None or path in committed_victims() or path in VICTIM_COMMANDS:  # a known name stays a name
+    if path is None or path in committed_victims() or path in registry():  # a known name stays a name
         return path
     return str(Path(path).resolve())
 

@@ -160,6 +160,18 @@ def panel_points(snapshot: Snapshot, proj: Projection, which: str) -> Points:
                   proj.directions(_np(snapshot.head)))
 
 
+def fixed_axes(reference: Snapshot, kind: str = "pca", seed: int = 0, fit=()) -> tuple[Projection, Ranges]:
+    """The plane and ranges a view keeps while its points move: fitted once on M_R's ID features, around
+    M_R's points, and around M_R's and M_F's points of every snapshot in `fit` (an atlas margin's epochs),
+    so that moving through them moves points, never the axes."""
+    proj = Projection(reference.before.id, kind, seed)
+    sets = []
+    for snap, which in [(reference, "before"), *((s, w) for s in fit for w in ("before", "after"))]:
+        p = panel_points(snap, proj, which)
+        sets += [p.id, p.ood, p.gen]
+    return proj, Ranges.around(*sets)
+
+
 def _add_points(fig, p: Points, row: int, col: int, style: str, classes, ranges: Ranges, legend: bool,
                 tag: str = "") -> None:
     """Rays, ID points per class, OOD points, G(z) points; each trace's meta is '<tag>:<role>' so a

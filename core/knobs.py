@@ -33,7 +33,7 @@ class Doc:
 
 DOCS: dict[str, Doc] = {
     "margin": Doc("Margin m", "m in eq. (2): how far OOD features must move beyond the ID drift, in units of the "
-                  "penultimate features", place=MAIN),
+                  "penultimate features", place=MAIN, step=1),
     "epochs": Doc("Epochs N", "AdvFT epochs N", place=MAIN),
     "seed": Doc("Seed", "seed of the generator, the batches and the probe sets", place=MAIN),
     "i_g": Doc("I_G (G steps/epoch)", "generator steps per epoch I_G", flag="--ig", step=10),

@@ -11,7 +11,7 @@ note per epoch, a published frame). Whatever happens, the run ends with exactly 
 finished (with metrics.json), stopped (None from next_action, or Ctrl-C) or failed (any exception,
 with its one-line message), and its write lock is released.
 
-Also here: committed victims by name, and M_R's preview snapshot (what the app draws before Start).
+Also here: loading a victim with its data, and M_R's preview snapshot (what the app draws before Start).
 """
 
 from __future__ import annotations
@@ -24,70 +24,23 @@ from typing import Callable
 
 import torch
 
-from .advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, PRESETS, Snapshot
+from .advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, Snapshot
 from .data import Dataset, load_dataset, load_ood
 from .device import describe
 from .models import CheckpointError, Classifier, load_model, save_model
 from .runs import MAX_FRAMES, RunConfig, RunDir, RunError, atomic_torch_save
+from .victims import require, victim_path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-VICTIMS_DIR = ASSETS / "victims"
-# How each victim a preset names is made (said when its checkpoint is missing).
-VICTIM_COMMANDS = {
-    "mnist_lenet2d": "python -m core train-victim --dataset mnist --arch lenet2d --epochs 20 --seed 0 --out assets/victims",
-    "digits_lenet2d": "python -m core train-victim --dataset digits --arch lenet2d --epochs 100 --batch-size 64 "
-                      "--shift 2 --seed 0 --out assets/victims",
-    "mnist_lenet": "python -m core train-victim --dataset mnist --arch lenet --epochs 10 --seed 0 --out assets/victims",
-    "mnist_resnet18_2d": "python -m core train-victim --dataset mnist --arch resnet18_2d --epochs 10 --seed 0 "
-                         "--out assets/victims",
-}
 
 
 # ---------------------------------------------------------------- victims
 
 
-def committed_victims() -> list[str]:
-    """Victim names with a checkpoint under assets/victims."""
-    return sorted(p.stem for p in VICTIMS_DIR.glob("*.pt"))
-
-
-def victim_path(name: str | Path) -> Path:
-    """A committed victim by name (e.g. 'mnist_lenet2d'), else a checkpoint path as given."""
-    name = str(name)
-    if name in committed_victims():
-        return VICTIMS_DIR / f"{name}.pt"
-    return Path(name)
-
-
-def served_victim(victim: str, runs_dir: Path) -> bool:
-    """Whether a server may open this victim: a committed one, or a checkpoint inside its runs folder.
-    A run's config.json (written by anyone with access to the runs folder) must not make the server
-    read files elsewhere."""
-    if victim in committed_victims():
-        return True
-    path = victim_path(victim).resolve()
-    inside = any(path.is_relative_to(root.resolve()) for root in (VICTIMS_DIR, Path(runs_dir)))
-    return inside and path.suffix == ".pt"
-
-
-def preset_victim(preset: str) -> Path:
-    """The checkpoint of a preset's victim; a CheckpointError saying how to train it when it is missing."""
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-    name = PRESETS[preset]["victim"]
-    path = victim_path(name)
-    if not path.is_file():
-        how = VICTIM_COMMANDS.get(name, f"python -m core train-victim ... --out {VICTIMS_DIR}")
-        raise CheckpointError(f"the {preset} preset's victim '{name}' is not trained here; train it with: {how}")
-    return path
-
-
 def load_victim(path: str | Path, data_dir=None, device="cpu") -> tuple[Classifier, Dataset]:
     """The victim (a committed name or a path) and its ID dataset; errors if the data on disk does not
     fit the checkpoint. A known victim name without its checkpoint says how to train it."""
-    if str(path) in VICTIM_COMMANDS and not victim_path(path).is_file():
-        raise CheckpointError(f"victim '{path}' is not trained here; train it with: {VICTIM_COMMANDS[str(path)]}")
-    path = victim_path(path)
+    path = require(path)
     model = load_model(path, device)
     data = load_dataset(model.dataset, data_dir)
     probe = data.x_test[:2].float().to(device)

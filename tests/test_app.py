@@ -14,7 +14,8 @@ from app.jobs import Job, JobSlots, JobSpec, new_run_dir
 from app.state import UI_PRESETS, UIState, for_run
 from core import figures as plots
 from core.runs import RunDir
-from core.training import RecordedRun, load_victim, new_trainer, victim_path
+from core.training import RecordedRun, load_victim, new_trainer
+from core.victims import victim_path
 from tests.conftest import MNIST_VICTIM, ROOT, app_charts, tiny_config
 
 ENTRY = str(ROOT / "streamlit_app.py")  # the app as users start it; the Defend page is its default

@@ -201,10 +201,14 @@ def test_scales_give_the_papers_budgets():
 
 
 def test_presets_whose_victim_is_missing_say_how_to_train_it(monkeypatch, tmp_path, capsys):
-    import core.training
+    import shutil
+
+    import core.victims
     from app.state import UI_PRESETS, UIState, preset_available
 
-    monkeypatch.setattr(core.training, "VICTIMS_DIR", tmp_path)  # no committed victim at all
+    for sidecar in core.victims.VICTIMS_DIR.glob("*.json"):  # the records of the victims, none of their checkpoints
+        shutil.copy(sidecar, tmp_path)
+    monkeypatch.setattr(core.victims, "VICTIMS_DIR", tmp_path)
     assert not any(preset_available(p) for p in UI_PRESETS)
     state, warnings = UIState.from_query({"preset": "table-mnist"})
     assert state.preset == "lecture" and "--arch lenet " in warnings[0]

@@ -8,12 +8,11 @@ cell ringed. The chosen atlas and cell live in the UIState (so in the URL).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
-from app import views
+from app import session, views
 from core import figures
 from core.atlas import Atlas, AtlasCell, shipped_atlases
 from core.data import DATASETS
@@ -32,7 +31,7 @@ def open_atlas(path: str, stamp: int) -> Atlas:
 
 def atlases() -> dict[str, Path]:
     found = {p.name: p for p in shipped_atlases()}
-    mine = views.runs_dir() / RUNS_ATLAS
+    mine = session.runs_dir() / RUNS_ATLAS
     if mine.is_dir():
         found.update({p.name: p for p in sorted(mine.iterdir()) if (p / "atlas.json").is_file()})
     return found
@@ -43,30 +42,8 @@ def axes(path: str, stamp: int, margin: float) -> tuple[figures.Projection, figu
     """Fixed axes for one margin: M_R's features and every epoch of that margin's run fit, so moving N
     moves the points and never the axes (a larger margin pushes OOD further: the axes change with m)."""
     atlas = open_atlas(path, stamp)
-    first = atlas.snapshot(margin, atlas.epochs[0])
-    proj = figures.Projection(first.before.id, "pca", 0)
-    sets = []
-    for n in atlas.epochs:
-        snap = atlas.snapshot(margin, n)
-        if snap is not None:
-            for which in ("before", "after"):
-                p = figures.panel_points(snap, proj, which)
-                sets += [p.id, p.ood, p.gen]
-    return proj, figures.Ranges.around(*sets)
-
-
-def held_figure(kind: str, key: tuple, build):
-    """This session's figure of a kind, built once per `key` (atlas, margin or thief, style): a slider move
-    only swaps its moving points in (figures.refresh_fig5, ring_cell), ~5 ms instead of ~250 ms of
-    rebuilding both charts on a 2-core CPU. Per session: the caller mutates it."""
-    held = st.session_state.setdefault("atlas_figures", {})
-    if kind not in held or held[kind][0] != key:
-        held[kind] = (key, build())
-    return held[kind][1]
-
-
-def _set(field: str) -> None:
-    views.set_ui_state(replace(views.ui_state(), **{field: st.session_state[f"w_{field}"]}))
+    snaps = [s for n in atlas.epochs if (s := atlas.snapshot(margin, n)) is not None]
+    return figures.fixed_axes(atlas.snapshot(margin, atlas.epochs[0]), fit=snaps)
 
 
 def _nearest(values: list, wanted):
@@ -75,22 +52,22 @@ def _nearest(values: list, wanted):
 
 def pick_cell(atlas: Atlas) -> tuple[float, int]:
     """The two sliders; the URL's cell when the grid has it, else the nearest one (said once)."""
-    ui = views.ui_state()
+    ui = session.ui_state()
     m = _nearest(atlas.margins, ui.atlas_m if ui.atlas_m is not None else 10.0)
     n = _nearest(atlas.epochs, ui.atlas_n if ui.atlas_n is not None else atlas.epochs[len(atlas.epochs) // 2])
     asked = [f"{k} = {v:g}" for k, v, got in (("m", ui.atlas_m, m), ("N", ui.atlas_n, n)) if v is not None and v != got]
     if asked:
         st.warning(f"This atlas has no {' or '.join(asked)}; showing the nearest cell, m = {m:g}, N = {n}.", icon="🔗")
     if (m, n) != (ui.atlas_m, ui.atlas_n):
-        views.set_ui_state(replace(ui, atlas_m=m, atlas_n=n))
+        session.set_ui_state(ui.with_(atlas_m=m, atlas_n=n))
     for field, value in (("atlas_m", m), ("atlas_n", n)):
         st.session_state.setdefault(f"w_{field}", value)
         if st.session_state[f"w_{field}"] != value:  # the atlas changed under the widget
             st.session_state[f"w_{field}"] = value
     c1, c2 = st.columns(2)
-    c1.select_slider("Margin m", atlas.margins, key="w_atlas_m", on_change=_set, args=("atlas_m",),
+    c1.select_slider("Margin m", atlas.margins, key="w_atlas_m", on_change=session.sync, args=("atlas_m",),
                      format_func=lambda v: f"{v:g}", help="How far AdvFT pushes OOD features from M_R's (eq. 2)")
-    c2.select_slider("Epochs N", atlas.epochs, key="w_atlas_n", on_change=_set, args=("atlas_n",),
+    c2.select_slider("Epochs N", atlas.epochs, key="w_atlas_n", on_change=session.sync, args=("atlas_n",),
                      help="AdvFT epochs done; N = 0 is the unprotected victim")
     return st.session_state.w_atlas_m, st.session_state.w_atlas_n
 
@@ -141,14 +118,14 @@ def main() -> None:
         st.code("python -m core atlas --victim mnist_lenet2d --out runs/atlas-grid --bundle runs/atlas/mnist_lenet2d",
                 language="bash")
         return
-    ui = views.ui_state()
+    ui = session.ui_state()
     names = list(found)
     name = ui.atlas if ui.atlas in found else names[0]
     if len(names) > 1:
         st.session_state.setdefault("w_atlas", name)
-        name = st.selectbox("Atlas", names, key="w_atlas", on_change=_set, args=("atlas",))
+        name = st.selectbox("Atlas", names, key="w_atlas", on_change=session.sync, args=("atlas",))
     if name != ui.atlas:
-        views.set_ui_state(replace(ui, atlas=name))
+        session.set_ui_state(ui.with_(atlas=name))
     path = found[name]
     stamp = (path / "atlas.json").stat().st_mtime_ns
     try:
@@ -156,7 +133,7 @@ def main() -> None:
     except RunError as e:
         st.error(views.plain(e))
         return
-    meta, export, style = atlas.meta, views.export_settings(), views.ui_state().style
+    meta, export, style = atlas.meta, views.export_settings(), session.ui_state().style
     views.explain(
         f"Every cell is a real AdvFT run of <b>{meta['victim']}</b>, attacked. Move the sliders: nothing trains, "
         "the page only draws what the grid recorded. Larger m and more epochs push OOD features further "
@@ -171,7 +148,7 @@ def main() -> None:
     proj, ranges = axes(str(path), stamp, m)
     classes = DATASETS[meta["dataset"]].classes
     title = f"M_F, m = {m:g}, N = {n}"
-    fig = held_figure("fig5", (str(path), stamp, m, style),
+    fig = session.held("atlas_fig5", (str(path), stamp, m, style),
                       lambda: figures.fig5_panels(snapshot, proj, ranges, classes, style, now_title=title))
     figures.refresh_fig5(fig, snapshot, proj, ranges, now_title=title)
     views.fig5_view(fig, export, f"atlas-m{m:g}-n{n}", key="atlas_fig5")
@@ -183,7 +160,7 @@ def main() -> None:
                          format_func=lambda t: "KnockoffNets" if t == "knockoff" else "toy DFME")
     with left:
         st.markdown("**Protection vs fidelity**: one point per cell, a line per margin through its epochs")
-        trade = held_figure("tradeoff", (str(path), stamp, thief, style),
+        trade = session.held("atlas_tradeoff", (str(path), stamp, thief, style),
                             lambda: figures.atlas_tradeoff(list(atlas.cells.values()), cell, thief, style))
         figures.ring_cell(trade, cell, thief)
         views.chart(trade, "atlas_tradeoff", export.config(f"{name}-tradeoff"))

@@ -13,7 +13,7 @@ import time
 
 import streamlit as st
 
-from app import views
+from app import session, views
 from app.jobs import ABANDON_AFTER_S
 from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_MINUTES, Task, attack_targets, attack_task, clear_results,
                        load_results, protect_then_attack_task, sweep_task)
@@ -55,20 +55,20 @@ def last_score(curve: list[dict]) -> str:
 # ---------------------------------------------------------------- the page
 
 
-ui = views.ui_state()
+ui = session.ui_state()
 export = views.export_settings()
 st.title("Attack: steal the model through its API")
 views.explain("A thief sends out-of-distribution images (KnockoffNets: natural photos; DFME: generator samples) "
               "to the model's API and trains a surrogate on the answers. Against the original M_R the surrogate "
               "gets close to the victim; against AdvFT's M_F the answers to OOD queries are distorted, so the "
               "surrogate learns the wrong thing, while honest users (ID inputs) see the same model.")
-data_dir = str(views.data_dir())
+data_dir = str(session.data_dir())
 dev = device()
-holder = views.session_task()
-results_dir = views.runs_dir() / ".attacks"  # finished attacks and sweeps, shared by every tab (app/tasks.py)
+holder = session.session_task()
+results_dir = session.runs_dir() / ".attacks"  # finished attacks and sweeps, shared by every tab (app/tasks.py)
 results, sweeps = load_results(results_dir)
 
-all_targets = attack_targets(views.runs_dir())
+all_targets = attack_targets(session.runs_dir())
 # Plain widgets, not a form: "Protect & attack" below must use the settings on screen, not the last submitted.
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
@@ -124,7 +124,7 @@ msweep = s2.button(f"Margin sweep (toy) · ~{TOY_MINUTES['margins']} min", disab
 
 
 def start(title: str, fn) -> None:
-    holder.replace(Task(title, fn, views.job_slots(), dev, ABANDON_AFTER_S, results_dir).start())
+    holder.replace(Task(title, fn, session.job_slots(), dev, ABANDON_AFTER_S, results_dir).start())
     st.rerun()
 
 
@@ -144,11 +144,11 @@ elif launch and busy:
     st.warning("An attack is already running in this session: stop it first.")
 if protect and attack_cfg:
     start(f"AdvFT m={p_margin:g} then {attack_name}",
-          protect_then_attack_task(p_victim, float(p_margin), int(p_epochs), attack_cfg, views.runs_dir(), data_dir, dev))
+          protect_then_attack_task(p_victim, float(p_margin), int(p_epochs), attack_cfg, session.runs_dir(), data_dir, dev))
 if fig4:
-    start("Fig. 4 sweep", sweep_task("epochs", p_victim, views.runs_dir(), data_dir, dev))
+    start("Fig. 4 sweep", sweep_task("epochs", p_victim, session.runs_dir(), data_dir, dev))
 if msweep:
-    start("margin sweep", sweep_task("margins", p_victim, views.runs_dir(), data_dir, dev))
+    start("margin sweep", sweep_task("margins", p_victim, session.runs_dir(), data_dir, dev))
 
 
 @st.fragment(run_every=LIVE_REFRESH_S if busy else None)

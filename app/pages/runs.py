@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import views
+from app import session, views
 from app.state import for_run
 from core import figures
 from core.data import DATASETS
@@ -53,8 +53,7 @@ def open_button(run: RunDir) -> None:
     for w in warnings:
         st.warning(views.plain(f"Reopening '{run.name}': {w}"))
     if st.button("Open in Defend (timeline view)", key="open", icon=":material/open_in_new:"):
-        views.set_ui_state(state)
-        st.session_state.pop("axes", None)
+        session.set_ui_state(state)
         st.switch_page("app/pages/defend.py", query_params=state.to_query())
     st.caption("Bookmarkable link:")
     st.code("?" + "&".join(f"{k}={v}" for k, v in state.to_query().items()), language=None)
@@ -93,7 +92,7 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
             config, history = run.config(), run.history()
             epochs = run.snapshot_epochs()
             if epochs:
-                finals.append((run, config, views.read_snapshot(run, "epoch", epochs[-1]), epochs[-1]))
+                finals.append((run, config, session.read_snapshot(run, "epoch", epochs[-1]), epochs[-1]))
             histories[run.name] = history
         except RunError as e:
             st.error(f"{views.plain(e)}; left out of the comparison.")
@@ -109,13 +108,7 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
         st.info("These runs start from different victims, so their feature spaces differ: the panels below "
                 "share one projection and axes only for runs of the same victim.")
         finals = [f for f in finals if Path(f[1].victim).stem == Path(finals[0][1].victim).stem]
-    first = finals[0][2]
-    proj = figures.Projection(first.before.id, "pca")
-    ref = figures.panel_points(first, proj, "before")
-    ranges = figures.Ranges.around(ref.id, ref.ood, ref.gen)
-    for _, _, snap, e in finals:
-        now = figures.panel_points(snap, proj, "after")
-        ranges.extend(f"epoch {e}", now.id, now.ood, now.gen)
+    proj, ranges = figures.fixed_axes(finals[0][2], fit=[snap for _, _, snap, _ in finals])
     classes = DATASETS.get(finals[0][1].dataset, DATASETS["mnist"]).classes
     panels = [(f"{r.name} (m={c.advft.margin:g}, epoch {e})", s) for r, c, s, e in finals]
     views.chart(figures.small_multiples(panels, proj, ranges, classes, style, height=380), "compare_fig5",
@@ -125,10 +118,10 @@ def compare(runs: list[RunDir], export: views.Export, style: str) -> None:
 
 
 def main() -> None:
-    ui = views.ui_state()
+    ui = session.ui_state()
     export = views.export_settings()
     st.title("Runs")
-    root = views.runs_dir()
+    root = session.runs_dir()
     runs = safe_list(root)
     if not runs:
         st.info(f"No runs under `{root}` yet. Start one on the Defend page (or `python -m core advft --out "
