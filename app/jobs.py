@@ -1,15 +1,14 @@
-"""Background work for the pages: AdvFT training jobs and attack tasks, each in a plain thread, a queue
-across sessions, consistent copies for the page.
+"""The server's side of background work: a queue across sessions, a relay thread per piece of work,
+and consistent copies of its state for the page. The work itself runs in a worker process
+(app/worker.py): AdvFT jobs and the Attack page's tasks alike, so the server never trains, never sets
+torch's thread count and stays responsive.
 
-`Background` holds what both kinds share: the thread, the slot in the process-wide queue (JobSlots),
-the stop flag, and a frozen view record replaced under a lock, so the page reads a consistent copy
-with `view()`. Nothing here imports Streamlit: a thread must never call it (Streamlit's threading
-rules), and the module stays testable.
-
-A `Job` trains through the one run protocol of core.training (RecordedRun + drive); it brings only
-its control policy: the pause/step queue (`_next_action`) and publishing frames (`_on_step`).
-Commands (play, pause, step, stop) only set fields under the lock and wake the thread; the thread
-reads them between steps, so a click takes effect within one step (a few ms to tens of ms).
+`Background` holds what every kind shares: the thread, the slot in the process-wide queue (JobSlots),
+the stop flag, and a frozen view record replaced under a lock, so the page reads a consistent copy with
+`view()`. `Relayed` runs its spec in a worker process and applies what comes back; `Job` (here) adds the
+transport commands of a training run, `Task` (app/tasks.py) the Attack page's results. `WorkerPool`
+keeps one spare worker process ready. Nothing here imports Streamlit: a thread must never call it
+(Streamlit's threading rules), and the module stays testable.
 """
 
 from __future__ import annotations
@@ -24,31 +23,23 @@ import threading
 import time
 import traceback
 import weakref
-from collections import deque
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from core.advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, Snapshot, TrainingDiverged
-from core.attacks import BudgetExhausted
-from core.data import DataError
-from core.device import describe
-from core.models import CheckpointError
-from core.runs import RunError
-from core.training import RecordedRun, drive, load_victim, new_trainer, one_line
+from core.advft import BUILD_FIELDS, AdvFTConfig, Snapshot
+from core.errors import UserError
+from core.training import one_line
 
 ROOT = Path(__file__).resolve().parent.parent  # where `python -m app.worker` finds the app and core
-PUBLISH_EVERY_S = 0.3    # snapshot() costs ~30 ms: ~10% of training at this rate; the page shows >= 2 frames/s
 # Work whose page stopped asking for its view this long ago is stopped (its tab was closed): the
 # pages poll every 0.5-2 s while work is active, and Streamlit itself only notices a closed tab
 # after its 120 s session timeout.
 ABANDON_AFTER_S = 10.0
-SLOW_MOTION_S = 0.25     # pause after each step in slow motion, so one step is one visible frame
-USER_ERRORS = (ConfigError, DataError, CheckpointError, RunError, TrainingDiverged, BudgetExhausted, ValueError,
-               OSError)
+USER_ERRORS = (UserError, ValueError, OSError)  # said in one line; anything else also goes to the log
 ACTIVE = ("queued", "preparing", "running", "paused")
 
 
@@ -349,28 +340,97 @@ WORKERS = WorkerPool()
 atexit.register(WORKERS.close)
 
 
-class Job(Background):
-    """An AdvFT run in its own process, driven from the page.
+class Relayed(Background):
+    """Work done in a worker process (`python -m app.worker`, app/worker.py: a fresh interpreter, nothing
+    shared with the server's threads; not multiprocessing's 'spawn', which re-runs the parent's main
+    script, here the Streamlit page). The work has its own GIL and its own torch thread count, and the
+    page never waits for it. The server keeps only this relay: a thread that holds the queue slot, sends
+    the spec and the commands down a pipe, and turns what comes back (a few tens of KB, at most a few times
+    a second) into the view the page reads. The child notices within half a second that the server is
+    gone, however it died, and exits."""
 
-    Training runs in a child process (`python -m app.worker`: a fresh interpreter, nothing shared with
-    the server's threads; not multiprocessing's 'spawn', which re-runs the parent's main script, here
-    the Streamlit page), so it has its own GIL and the cores the page does not need, and the page
-    never waits for a training step. A spare process waits ready (WorkerPool). The server keeps only this relay: a thread that holds the queue
-    slot, forwards commands down a pipe and turns what comes back (view changes and frames: a few tens of
-    KB, at most a few times a second) into the JobView the page reads. A pipe rather than the run folder
-    for the live frames: no file polling, a click reaches the trainer in milliseconds; the child also
-    writes every frame to the run folder for the timeline and replays. The child notices within half a
-    second that the server is gone, however it died, and exits."""
+    STOP_GRACE_S = 60.0  # a stop ends the work at its next step; a child that does not comply is killed
 
-    STOP_GRACE_S = 60.0  # a stop ends the run at its next step; a child that does not comply is killed
+    def __init__(self, name: str, spec, slots: JobSlots, device: str, abandon_after: float | None = None):
+        super().__init__(name, slots, device, abandon_after)
+        self.spec = spec
+        self._send_lock = threading.Lock()
+        self._pending: list = []                # commands given before the work has its process
+        self.worker: Worker | None = None
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.worker.process if self.worker else None
+
+    def _send(self, message) -> None:
+        with self._send_lock, contextlib.suppress(OSError, ValueError):  # a child that is gone: nothing to tell
+            if self.worker is None:
+                self._pending.append(message)
+            else:
+                self.worker.commands.send(message)
+
+    def _apply(self, kind: str, changes: dict) -> dict:
+        """A message from the child as changes to the view (subclasses decode their own kinds)."""
+        return changes
+
+    def _relay(self, timeout: float) -> bool:
+        """Apply the child's messages that arrive within `timeout`; True if one was a final state."""
+        final = False
+        try:
+            while self.worker.messages.poll(timeout):
+                timeout = 0
+                kind, changes = self.worker.messages.recv()
+                final = final or changes.get("state") in ("finished", "stopped", "failed")
+                self._publish(**self._apply(kind, changes))
+        except (EOFError, OSError):  # the child closed its end: it is exiting
+            pass
+        return final
+
+    def _work(self) -> None:
+        self._publish(**self._starting)
+        worker = WORKERS.take()
+        stop_sent = None
+        final = False
+        try:
+            with self._send_lock:
+                worker.commands.send(("spec", self.spec))
+                for message in self._pending:
+                    worker.commands.send(message)
+                self.worker = worker
+            while True:
+                if self.should_stop() and stop_sent is None:
+                    self._send(("stop", "its page was closed" if self.abandoned else ""))
+                    stop_sent = time.monotonic()
+                if stop_sent is not None and time.monotonic() - stop_sent > self.STOP_GRACE_S:
+                    worker.process.kill()
+                alive = worker.process.poll() is None  # read before draining: what it sent is in the pipe
+                final = self._relay(0.1) or final
+                if not alive:
+                    final = self._relay(0) or final  # the last messages of a process that has just ended
+                    break
+        finally:
+            worker.close()  # kills it only if the relay itself failed: no child is left behind
+            WORKERS.done()
+        if not final:  # killed, out of memory, a crash
+            self._publish(state="failed", message=f"the worker process ended unexpectedly (exit code "
+                                                  f"{self.process.returncode}){self._resumable}")
+
+    _resumable = ""
+    _starting = {"state": "running"}
+
+
+class Job(Relayed):
+    """An AdvFT run, driven from the page: play / pause / single steps / slow motion. Its child
+    (app.worker.Runner) trains through the one run protocol and sends frames; a pipe rather than the run
+    folder for the live frames: no file polling, a click reaches the trainer in milliseconds. The child
+    also writes every frame to the run folder for the timeline and replays."""
+
+    _resumable = "; the run can be resumed"
+    _starting = {"state": "preparing", "message": "starting the training process"}
 
     def __init__(self, spec: JobSpec, slots: JobSlots, abandon_after: float | None = None):
-        super().__init__(f"advft-{spec.run_dir.name}", slots, spec.device, abandon_after)
-        self.spec = spec
+        super().__init__(f"advft-{spec.run_dir.name}", spec, slots, spec.device, abandon_after)
         self._view = JobView(run_name=spec.run_dir.name, epochs=spec.config.epochs)
-        self._send_lock = threading.Lock()
-        self._pending: list = []                # commands given before the job has its process
-        self.worker: Worker | None = None
 
     # ------------------------------------------------------------ commands (any thread)
     def play(self) -> None:
@@ -395,262 +455,18 @@ class Job(Background):
                 # Shown at once: the child starts no new step after it reads this (within one step).
                 self._view = replace(self._view, state=state)
 
-    @property
-    def process(self) -> subprocess.Popen | None:
-        return self.worker.process if self.worker else None
-
-    def _send(self, message) -> None:
-        with self._send_lock, contextlib.suppress(OSError, ValueError):  # a child that is gone: nothing to tell
-            if self.worker is None:
-                self._pending.append(message)
-            else:
-                self.worker.commands.send(message)
-
-    # ------------------------------------------------------------ the relay thread
-    def _relay(self, timeout: float) -> bool:
-        """Apply the child's messages that arrive within `timeout`; True if one was a final state."""
-        final = False
-        try:
-            while self.worker.messages.poll(timeout):
-                timeout = 0
-                kind, changes = self.worker.messages.recv()
-                if changes.get("state") in ("finished", "stopped", "failed"):
-                    final = True
-                if changes.get("state") == "stopped":
-                    changes["message"] = f"{self._stop_reason()}; every finished epoch is saved"
-                if kind == "frame":
-                    snap = torch.load(io.BytesIO(changes["snapshot"]), map_location="cpu", weights_only=True)
-                    changes = {**changes, "snapshot": Snapshot.from_dict(snap), "version": self._view.version + 1}
-                self._publish(**changes)
-        except (EOFError, OSError):  # the child closed its end: it is exiting
-            pass
-        return final
+    def _apply(self, kind: str, changes: dict) -> dict:
+        if changes.get("state") == "stopped":
+            changes["message"] = f"{self._stop_reason()}; every finished epoch is saved"
+        if kind == "frame":
+            snap = torch.load(io.BytesIO(changes["snapshot"]), map_location="cpu", weights_only=True)
+            changes = {**changes, "snapshot": Snapshot.from_dict(snap), "version": self._view.version + 1}
+        return changes
 
     def _cancelled(self) -> None:
         if not self.spec.resume:  # the folder new_run_dir reserved for it stays empty: remove it
             with contextlib.suppress(OSError):
                 self.spec.run_dir.rmdir()
-
-    def _work(self) -> None:
-        self._publish(state="preparing", message="starting the training process")
-        worker = WORKERS.take()
-        stop_sent = None
-        final = False
-        try:
-            with self._send_lock:
-                worker.commands.send(("spec", self.spec))
-                for message in self._pending:
-                    worker.commands.send(message)
-                self.worker = worker
-            while True:
-                if self.should_stop() and stop_sent is None:
-                    self._send(("stop", "its page was closed" if self.abandoned else ""))
-                    stop_sent = time.monotonic()
-                if stop_sent is not None and time.monotonic() - stop_sent > self.STOP_GRACE_S:
-                    worker.process.kill()
-                alive = worker.process.poll() is None  # read before draining: what it sent is in the pipe
-                final = self._relay(0.1) or final
-                if not alive:
-                    final = self._relay(0) or final  # the last messages of a process that has just ended
-                    break
-        finally:
-            worker.close()  # kills it only if the relay itself failed: no child is left behind
-            WORKERS.done()
-        if not final:  # killed, out of memory, a crash: the run folder says 'interrupted' and can resume
-            self._publish(state="failed", message=f"the training process ended unexpectedly (exit code "
-                                                  f"{self.process.returncode}); the run can be resumed")
-
-
-# ---------------------------------------------------------------- the child process
-
-
-def child_main(commands_fd: int, messages_fd: int, parent_pid: int, threads: int) -> None:
-    """The training process (`python -m app.worker`): the one run protocol (core.training.drive) under
-    the page's control policy. It may wait as a spare (WorkerPool), building the trainer of the newest
-    Warmup, until its first JobSpec."""
-    _die_with_parent(parent_pid)
-    torch.set_num_threads(threads)  # a CUDA job's CPU side needs no more; a CPU job's gets what the page leaves
-    # The first optimiser of a process imports torch._dynamo (~1 s): done while waiting, not after Start.
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
-    commands = Connection(commands_fd, writable=False)
-    conn = _Duplex(commands, Connection(messages_fd, readable=False))
-    try:
-        spec, warm = _wait_for_spec(commands)
-    except (EOFError, OSError):  # a spare that was never used: the server closed its pipe
-        return
-    runner = _Runner(spec, conn, warm)
-    try:
-        runner.run()
-    except BaseException as e:  # recorded in the run folder by drive(); said to the page here
-        if not isinstance(e, USER_ERRORS):
-            traceback.print_exc()  # the server's log gets the details, the page one line
-        runner.send("view", state="failed", message=one_line(e))
-    finally:
-        conn.close()
-
-
-def _wait_for_spec(commands: Connection) -> tuple[JobSpec, tuple | None]:
-    """The JobSpec, and (Warmup key, trainer) for the last Warmup before it. A Warmup followed at once by
-    a newer one is skipped unbuilt (the page sends one per settings change); one followed by the spec is
-    built (most likely the spec's own trainer: no time lost). One that fails to build (a missing victim,
-    data not on disk) is dropped: the job then builds its trainer itself and reports the error."""
-    warm: tuple | None = None
-    queued = None
-    while True:
-        kind, payload = queued or commands.recv()
-        queued = None
-        if kind == "spec":
-            return payload, warm
-        if commands.poll(0):
-            queued = commands.recv()
-            if queued[0] == "warm":
-                continue
-        if warm is not None and warm[0] == payload.key():
-            continue
-        warm = None  # free the old trainer's memory before building the next
-        with contextlib.suppress(Exception):
-            model, data = load_victim(payload.victim, payload.data_dir, payload.device)
-            warm = (payload.key(), new_trainer(model, data, payload.config, payload.data_dir, payload.device))
-
-
-class _Duplex:
-    """Commands in, messages out: one object with the Connection methods the runner uses."""
-
-    def __init__(self, commands: Connection, messages: Connection):
-        self.commands, self.messages = commands, messages
-        self.poll, self.recv, self.send = commands.poll, commands.recv, messages.send
-
-    def close(self) -> None:
-        self.commands.close()
-        self.messages.close()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """Exit as soon as the server is gone, even killed by SIGKILL: an orphan is adopted by another
-    process, which changes getppid(). (Not prctl(PR_SET_PDEATHSIG): it fires when the *thread* that
-    started the process ends, and spare workers outlive the thread that started them.)"""
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-class _Runner:
-    """The control policy of a live job, in the child: play / pause / single steps / slow motion.
-    drive() asks `next_action` what to do and reports through `on_step`."""
-
-    def __init__(self, spec: JobSpec, conn, warm: tuple | None = None):
-        self.spec, self.conn = spec, conn
-        self.warm = warm                      # (Warmup key, trainer) built while this process was a spare
-        self.playing = not spec.start_paused
-        self.until_epoch_end = False
-        self.requests: deque[str] = deque()   # "step" | "g" | "f"
-        self.slow = False
-        self.stopping = False
-        self.stop_reason = ""
-        self.announced = ""                   # the state last written to the run folder
-        self.manual_steps = 0
-        self.run_: RecordedRun | None = None
-        self.last_sent = 0.0
-
-    def send(self, kind: str, **changes) -> None:
-        with contextlib.suppress(OSError, ValueError):  # the server went away: nothing to tell
-            self.conn.send((kind, changes))
-
-    def _position(self) -> dict:
-        t = self.run_.trainer
-        return {"epoch": t.epoch, "g_done": t.g_done, "f_done": t.f_done, "phase": t.phase}
-
-    def _frame(self, frame, **changes) -> None:
-        # As bytes (torch.save), not as tensors: multiprocessing would pass tensors as shared memory that
-        # the receiver can no longer map once this process has exited (the last frame of a run was lost).
-        buf = io.BytesIO()
-        torch.save(frame.to_dict(), buf)
-        self.last_sent = time.perf_counter()
-        self.send("frame", snapshot=buf.getvalue(), **self._position(), **changes)
-
-    def _read(self, timeout: float) -> None:
-        """Apply the commands that arrived (waiting up to `timeout` for the first)."""
-        try:
-            while self.conn.poll(timeout):
-                timeout = 0
-                message = self.conn.recv()
-                if message[0] == "stop":
-                    self.stopping, self.stop_reason = True, message[1]
-                elif message[0] in ("play", "pause"):
-                    self.playing, self.until_epoch_end = message[0] == "play", False
-                elif message[0] == "slow":
-                    self.slow = message[1]
-                elif message[1] == "epoch":
-                    self.playing, self.until_epoch_end = False, True
-                else:
-                    self.playing = False
-                    self.requests.append(message[1])
-        except (EOFError, OSError):  # the server went away
-            self.stopping = True
-
-    def run(self) -> None:
-        s = self.spec
-        self.send("view", state="preparing", message="loading the victim and the data, scoring M_R")
-        self.run_ = run = RecordedRun.resume(s.run_dir, s.data_dir, s.device) if s.resume else \
-            RecordedRun.create(s.run_dir, s.victim, s.config, s.data_dir, s.device, s.preset, self._prebuilt())
-        t = run.trainer
-        self._frame(run.last_frame, device=describe(t.device), epochs=t.config.epochs,
-                    message=f"data: {t.data.source}; OOD: {t.ood_source}")
-        status = drive(run, self.next_action, self.on_step, lambda: self.stop_reason)
-        if status == "stopped":
-            self._frame(t.snapshot(), state="stopped", message="stopped; every finished epoch is saved")
-        else:
-            self._frame(run.last_frame, state="finished",
-                        message=f"finished: Acc_MF {run.metrics['acc_after']:.4f}, "
-                                f"OOD agreement {run.metrics['ood_agreement']:.2f}")
-
-    def _prebuilt(self) -> AdvFT | None:
-        """The trainer built ahead of Start, when it is this job's (up to the training knobs)."""
-        if self.warm is None or self.warm[0] != Warmup.of(self.spec).key():
-            return None
-        trainer = self.warm[1]
-        trainer.retune(self.spec.config)
-        return trainer
-
-    def _announce(self, state: str) -> None:
-        self.announced = state
-        self.run_.set_state(state)
-        self.send("view", state=state, **self._position())
-
-    def next_action(self) -> str | None:
-        while True:
-            self._read(0)
-            if self.stopping:
-                return None
-            if self.requests:
-                return self.requests.popleft()
-            if not (self.playing or self.until_epoch_end):
-                if self.announced != "paused":
-                    self._announce("paused")
-                self._read(0.5)  # wait for a command without spinning
-                continue
-            if self.announced != "running":
-                self._announce("running")
-            if self.slow:
-                self._read(SLOW_MOTION_S)  # one step, one visible frame
-                if self.stopping:
-                    return None
-            return "step"
-
-    def on_step(self, action: str, record: dict | None) -> None:
-        run = self.run_
-        if record is not None:
-            self.until_epoch_end = False
-        if action in ("g", "f"):
-            self.manual_steps += 1
-            self._frame(run.trainer.snapshot(), manual_steps=self.manual_steps)
-        elif run.last_frame is not None and run.last_frame.step == run.trainer.steps_done:
-            self._frame(run.last_frame)  # drive() just wrote this frame to the run folder: show it live too
-        elif self.slow or self.announced == "paused" or time.perf_counter() - self.last_sent >= PUBLISH_EVERY_S:
-            self._frame(run.trainer.snapshot())
 
 
 def new_run_dir(runs_dir: Path, preset: str, config: AdvFTConfig) -> Path:

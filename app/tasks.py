@@ -1,37 +1,46 @@
-"""Background tasks for the Attack page: an attack, "protect then attack", or a toy sweep.
+"""The Attack page's background work: an attack, "protect then attack", or a toy sweep.
 
-A Task runs one function of core/ in the same Background mechanics as the training jobs (app/jobs.py):
-it waits for a slot in the same process-wide JobSlots (so an attack and a training run never fight
-over a 2-core CPU), and publishes what the page reads through `view()`: state, a log of notes, the
-latest partial AttackResult (as a dict), and the final value or error. Nothing here imports Streamlit.
+The page makes a TaskSpec (plain values: it crosses a pipe) and a Task (app/jobs.py) that waits for a
+slot in the same process-wide queue as the training jobs (an attack and a training run never fight over
+a 2-core CPU) and relays. The worker process (app/worker.py) runs the spec's function from TASKS, with
+its own torch threads, and reports progress, notes and the value. An attack is a one-cell grid run
+through core.experiments.run_cell, so its row is the `table` command's row (experiments.attack_row),
+with the API built once. A finished row or sweep report is saved under <runs dir>/.attacks, so every
+tab and later visits list it. Nothing here imports Streamlit.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
-import torch
-
-from app.jobs import Background, JobSlots, new_run_dir
+from app.jobs import JobSlots, Relayed, new_run_dir
 from core.advft import preset_config
-from core.attacks import AttackConfig, DefenceConfig, make_api, run_attack
-from core.data import DataError
-from core.metrics import fidelity, outputs
-from core.models import CheckpointError
+from core.attacks import DEFENCES, AttackConfig
+from core.experiments import METHOD_LABELS, attack_row, epoch_sweep, margin_sweep, run_cell
+from core.grid import Cell, CellStopped
 from core.runs import RunError, atomic_write_json, list_runs, read_json
-from core.training import committed_victims, load_victim, served_victim, victim_path
+from core.training import load_victim
+from core.victims import committed_victims, served_victim, victim_path
 
 ACTIVE = ("queued", "running")
 # Toy sweeps: small enough for a lecture on a 2-core CPU (minutes, not hours).
 TOY_ATTACK = {"attack": "knockoff", "labels": "soft", "queries": 5000, "epochs": 10}
 TOY_EPOCHS = (0, 1, 2, 4, 6)
 TOY_MARGINS = (1.0, 3.0, 10.0, 30.0)
-# Wall minutes of each toy sweep on the 2-core CPU of the README (bench: time_toy_sweeps in the closing note).
-TOY_MINUTES = {"epochs": 2, "margins": 5}  # measured 88 s and 287 s, with another job on the machine
+TOY_MINUTES = {"epochs": 2, "margins": 5}  # wall minutes of each toy sweep on a 2-core CPU (88 s and 287 s)
+DEFENCE_LABELS = {d: METHOD_LABELS.get(d, "top-1 label only") for d in DEFENCES}  # the API defences, as the table names them
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    title: str
+    kind: str                 # a key of TASKS
+    args: dict                # its keyword arguments (plain values)
+    data_dir: str | None = None
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,7 @@ class TaskView:
     state: str = "queued"          # queued | running | finished | stopped | failed
     message: str = ""              # why it failed or stopped
     notes: tuple[str, ...] = ()
-    progress: dict | None = None   # the latest partial AttackResult.to_dict() (queries, curve, phase)
+    progress: dict | None = None   # the latest partial AttackResult.to_dict(), or {phase, done} of an AdvFT phase
     value: object = None           # what the function returned (set when finished or stopped)
     place: int | None = None
     started: float = field(default_factory=time.time)
@@ -50,44 +59,76 @@ class TaskView:
         return self.state in ACTIVE
 
 
-# fn(progress, note, should_stop) -> value; progress takes an AttackResult, note a line of text.
-TaskFn = Callable[[Callable, Callable[[str], None], Callable[[], bool]], object]
+class Task(Relayed):
+    """A TaskSpec run in the worker; a finished value (an attack's row, a sweep's report) is saved into
+    `results_dir` (see save_result)."""
+
+    def __init__(self, spec: TaskSpec, slots: JobSlots, abandon_after: float | None = None,
+                 results_dir: Path | None = None):
+        super().__init__(f"task-{spec.title[:30]}", spec, slots, spec.device, abandon_after)
+        self.results_dir = results_dir
+        self._view = TaskView(spec.title)
+
+    def _apply(self, kind: str, changes: dict) -> dict:
+        if kind == "note":
+            return {"notes": self._view.notes + (changes["line"],)}
+        if changes.get("state") == "stopped":
+            changes["message"] = self._stop_reason()
+        if changes.get("state") == "finished" and self.results_dir is not None and isinstance(changes.get("value"), dict):
+            save_result(self.results_dir, changes["value"])
+        return changes
 
 
-class Task(Background):
-    """Runs fn(progress, note, should_stop); a finished value (an attack's row, a sweep's report) is
-    saved into `results_dir` (see save_result), so every tab and later visits list it."""
+# ---------------------------------------------------------------- what the worker runs
 
-    def __init__(self, title: str, fn: TaskFn, slots: JobSlots, device: str = "cpu",
-                 abandon_after: float | None = None, results_dir: Path | None = None):
-        super().__init__(f"task-{title[:30]}", slots, device, abandon_after)
-        self.fn, self.results_dir = fn, results_dir
-        self._view = TaskView(title)
 
-    def _note(self, line: str) -> None:
-        with self._cond:
-            self._view = replace(self._view, notes=self._view.notes + (line,))
+def attack(target: dict, attack: dict, defence: dict, data_dir, device, progress, note, should_stop,
+           advft: dict | None = None, runs_dir: str | None = None):
+    """One target behind one defence, attacked: a one-cell grid. With `advft`, the cell first runs AdvFT
+    on target['victim'] into a new run folder under `runs_dir` and attacks its M_F. Returns the row."""
+    folder = None
+    if advft is not None:
+        config = preset_config("lecture", **advft).validate()
+        folder = new_run_dir(Path(runs_dir), "attackpage", config)
+        target = {"label": f"AdvFT M_F · {folder.name}", "victim": target["victim"]}
+        cell = Cell("attack", target["victim"], attack, defence, advft=asdict(config), fidelity=True)
+    elif target.get("victim") and target.get("kind") == "advft":  # M_F, scored against its own victim M_R
+        cell = Cell("attack", target["victim"], attack, defence, target=target["path"], fidelity=True)
+    else:  # a victim, or M_F whose victim the server may not open: scored against itself
+        cell = Cell("attack", target["path"], attack, defence, fidelity=True)
+    try:
+        row = run_cell(cell, folder, data_dir=data_dir, device=device, note=note, should_stop=should_stop,
+                       progress=progress)
+    except CellStopped:
+        return None  # a partial attack is no row of Tables 2-3
+    result = row["points"][-1]["attack"]
+    note(f"{result['status']}: surrogate accuracy {result['surrogate_acc']:.4f} after {result['queries']:,} queries")
+    return {**attack_row(row), "method": DEFENCE_LABELS.get(defence["name"], defence["name"]),
+            "target": target["label"], "defence": defence["name"], "attack": attack["attack"],
+            "labels": "hard" if defence["name"] == "top1" else attack["labels"], "curve": result["curve"]}
 
-    def _progress(self, result) -> None:
-        """An AttackResult (partial), or a dict with at least phase and done (0..1) for other phases."""
-        d = result if isinstance(result, dict) else result.to_dict()
-        d.get("extra", {}).pop("samples", None)  # images are not needed while it runs
-        self._publish(progress=copy.deepcopy(d))
 
-    def _work(self) -> None:
-        if self.device == "cpu":
-            # Attacks run in a thread of the server: one core for the attack, the other for the page (two
-            # intra-op threads on a shared 2-core machine slow every step and every page rerun). This is
-            # process-wide; training jobs run in their own process and are not affected.
-            torch.set_num_threads(1)
-        self._publish(state="running")
-        value = self.fn(self._progress, self._note, self.should_stop)
-        if self.stop_event.is_set():
-            self._publish(state="stopped", message=self._stop_reason(), value=value)
-        else:
-            if self.results_dir is not None and isinstance(value, dict):
-                save_result(self.results_dir, value)
-            self._publish(state="finished", value=value)
+def sweep(kind: str, victim: str, runs_dir: str, data_dir, device, progress, note, should_stop):
+    """A toy Fig. 4 or margin sweep; its AdvFT runs go to a folder under the runs dir."""
+    model, data = load_victim(victim, data_dir, device)
+    toy = AttackConfig(**TOY_ATTACK)
+    out = Path(runs_dir) / ".sweeps" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+    name = str(victim_path(victim))
+    if kind == "epochs":
+        return epoch_sweep(model, data, preset_config("lecture"), toy, out, list(TOY_EPOCHS), data_dir, name, note,
+                           should_stop)
+    return margin_sweep(model, data, preset_config("lecture"), toy, list(TOY_MARGINS), out, data_dir, name, note,
+                        should_stop)
+
+
+TASKS = {"attack": attack, "sweep": sweep}
+
+
+def progress_dict(result) -> dict:
+    """What the page needs of a partial AttackResult (or an AdvFT phase's {phase, done}): no images."""
+    d = copy.deepcopy(result if isinstance(result, dict) else result.to_dict())
+    d.get("extra", {}).pop("samples", None)
+    return d
 
 
 # ---------------------------------------------------------------- saved results
@@ -104,13 +145,14 @@ def save_result(folder: Path, value: dict) -> None:
 
 
 def load_results(folder: Path, newest: int = 50) -> tuple[list[dict], list[dict]]:
-    """(attack rows, sweep reports) saved in `folder`, oldest first; unreadable files are skipped."""
+    """(attack rows, sweep reports) saved in `folder`, oldest first; unreadable files and rows of another
+    schema are skipped."""
     rows, sweeps = [], []
     for path in sorted(folder.glob("*.json"))[-newest:]:
         value = read_json(path)
         if isinstance(value, dict) and isinstance(value.get("rows"), list):
             sweeps.append(value)
-        elif isinstance(value, dict) and {"target", "defence", "attack", "Acc_MS"} <= set(value):
+        elif isinstance(value, dict) and {"target", "defence", "attack", "acc_ms_after", "q"} <= set(value):
             rows.append(value)
     return rows, sweeps
 
@@ -124,7 +166,7 @@ def clear_results(folder: Path) -> None:
 
 
 def attack_targets(runs_dir: Path) -> dict[str, dict]:
-    """Label -> {path, kind, margin, epochs, victim}: the committed victims and every AdvFT run with a model."""
+    """Label -> {label, path, kind, victim}: the committed victims and every AdvFT run with a model."""
     out = {}
     for name in committed_victims():
         path = str(victim_path(name))
@@ -139,86 +181,5 @@ def attack_targets(runs_dir: Path) -> dict[str, dict]:
             continue
         if not served_victim(victim, runs_dir):
             victim = ""  # scored against the target itself rather than open a file outside the app's folders
-        out[f"AdvFT M_F · {run.name}"] = {"path": str(run.model_path), "kind": "advft", "margin": summary.margin,
-                                          "epochs": summary.epoch, "victim": victim}
-    return out
-
-
-# ---------------------------------------------------------------- what the Attack page runs as tasks
-
-
-def attack_task(target: dict, attack: AttackConfig, defence: DefenceConfig, data_dir: str, dev: str):
-    """fn(progress, note, should_stop) for app.tasks.Task: attack one target, return one table row."""
-
-    def fn(progress, note, should_stop):
-        model, data = load_victim(target["path"], data_dir, dev)
-        note(f"target loaded: {model.dataset} · {model.arch} ({data.source})")
-        row = fidelity_row(target, model, data, defence, attack, data_dir, dev)
-        result = run_attack(model, data, attack, defence, data_dir, progress=progress, should_stop=should_stop)
-        if result.status == "stopped":
-            return None  # a partial attack is no row of Tables 2-3
-        note(f"{result.status}: surrogate accuracy {result.surrogate_acc:.4f} after {result.queries:,} queries")
-        return {**row, "Acc_MS": result.surrogate_acc, "best Acc_MS": result.surrogate_best_acc,
-                "agreement": result.agreement, "Q": result.queries, "status": result.status,
-                "curve": result.curve}
-
-    return fn
-
-
-def fidelity_row(target: dict, model, data, defence: DefenceConfig, attack: AttackConfig, data_dir, dev) -> dict:
-    """What honest users get from this target + defence: accuracy and KL_test against the original M_R."""
-    try:
-        reference = load_victim(victim_path(target["victim"]), data_dir, dev)[0] if target["victim"] else model
-    except (CheckpointError, DataError):  # the run's victim moved away: measure against the target itself
-        reference = model
-    honest = make_api(model, defence, "soft", None, data)  # what an honest user asking for soft answers gets
-    ref = {"test": outputs(reference, data.x_test, dev)[1]}
-    fid = fidelity(ref, {"test": honest.respond(data.x_test, log=True).cpu()}, data.y_test)
-    labels = make_api(model, defence, attack.labels, None, data).labels  # top1 forces hard labels
-    return {"target": target["label"], "defence": defence.name, "attack": attack.attack, "labels": labels,
-            "m": target.get("margin"), "N": target.get("epochs"),
-            "Acc_MR": fidelity(ref, ref, data.y_test)["acc_mf"], "Acc_MF": fid["acc_mf"], "KL_test": fid["kl_test"]}
-
-
-def protect_then_attack_task(victim: str, margin: float, epochs: int, attack: AttackConfig, runs_dir: Path,
-                             data_dir: str, dev: str):
-    """AdvFT with the lecture settings and margin m (into a new run folder), then the attack on M_F."""
-
-    def fn(progress, note, should_stop):
-        from core.experiments import protect
-
-        model, data = load_victim(victim, data_dir, dev)
-        config = preset_config("lecture", margin=margin, epochs=epochs).validate()
-        out = new_run_dir(runs_dir, "attackpage", config)
-
-        def advft_progress(trainer) -> None:
-            progress({"phase": f"AdvFT epoch {trainer.epoch}/{epochs}", "done": trainer.epoch / epochs,
-                      "queries": 0, "budget": attack.queries, "curve": []})
-
-        progress({"phase": "AdvFT starting", "done": 0.0, "queries": 0, "budget": attack.queries, "curve": []})
-        run = protect(model, data, config, out, str(victim_path(victim)), data_dir, note, should_stop,
-                      on_epoch=advft_progress)
-        if should_stop():
-            return None
-        target = {"label": f"AdvFT M_F · {out.name}", "path": str(run.run.model_path), "kind": "advft",
-                  "margin": margin, "epochs": run.trainer.epoch, "victim": str(victim_path(victim))}
-        return attack_task(target, attack, DefenceConfig(), data_dir, dev)(progress, note, should_stop)
-
-    return fn
-
-
-def sweep_task(kind: str, victim: str, runs_dir: Path, data_dir: str, dev: str):
-    """A toy Fig. 4 or margin sweep; its AdvFT runs go to a folder under the runs dir."""
-    def fn(progress, note, should_stop):
-        from core.experiments import epoch_sweep, margin_sweep
-
-        model, data = load_victim(victim, data_dir, dev)
-        attack = AttackConfig(**TOY_ATTACK)
-        advft = preset_config("lecture")
-        out = Path(runs_dir) / ".sweeps" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
-        name = str(victim_path(victim))
-        if kind == "epochs":
-            return epoch_sweep(model, data, advft, attack, out, list(TOY_EPOCHS), data_dir, name, note, should_stop)
-        return margin_sweep(model, data, advft, attack, list(TOY_MARGINS), out, data_dir, name, note, should_stop)
-
-    return fn
+        out[f"AdvFT M_F · {run.name}"] = {"path": str(run.model_path), "kind": "advft", "victim": victim}
+    return {label: {**t, "label": label} for label, t in out.items()}

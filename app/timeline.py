@@ -3,7 +3,7 @@
 `Timeline` (which options a run's slider has, how each is labelled, which epoch the URL names) and the
 rule `shown` (which option the slider shows) are plain Python, tested alone. `Replay` is the one
 typed record of a replay in progress; the widget functions at the bottom are the only code that keeps
-either in st.session_state (keys REPLAY and CHOSEN), so no other page reads or pops them.
+them in st.session_state (keys REPLAY, CHOSEN, ON_SCREEN), so no other page reads or pops them.
 
 Options are strings ("frame:120", "epoch:2", "live"): select_slider reads a tuple value as a range.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import streamlit as st
 
 REPLAY_SPEEDS = (2, 5, 10, 20)   # frames per second
-REPLAY, CHOSEN = "replay", "timeline_chosen"
+REPLAY, CHOSEN, ON_SCREEN = "replay", "timeline_chosen", "timeline_on_screen"
 
 
 def shown(options: list[str], stored: str | None, wanted: str | None, *, following: bool,
@@ -114,29 +114,49 @@ def forget(run_name: str | None = None) -> None:
     st.session_state.pop(CHOSEN, None)
 
 
-def slider(run, run_name: str, epoch: int | None, live: bool, active: bool):
+def slider(run, run_name: str, epoch: int | None, live: bool, active: bool, running: bool = False):
     """The timeline of `run`; returns (choice, epoch for the URL). `live`: the job's newest snapshot is at
-    hand; `active`: a job of this run is working (followed until the user moves the slider)."""
+    hand; `active`: a job of this run is working (followed until the user moves the slider); `running`: it
+    is training now.
+
+    While the page itself moves the timeline (a replay, or following a running job) it is drawn as a
+    progress bar, not as the slider: a select_slider's value travels as an index into its options, and an
+    index the browser sent before it had drawn the newest options or value was read against them as a
+    move by the user (the slider's on_change), which stopped every replay after one frame and pinned a
+    live chart on its newest frame while the job trained on."""
+    st.session_state[ON_SCREEN] = False  # until the slider is drawn below (see _chosen)
     timeline = Timeline.of(run, live)
     if not timeline.options:
         return ("live" if live else None), epoch
     key = f"timeline_{run_name}"
     replay = replay_of(run_name)
-    st.session_state[key] = shown(list(timeline.options), st.session_state.get(key), timeline.wanted(epoch),
-                                  following=active and st.session_state.get(CHOSEN) != run_name,
-                                  replay_index=replay.index if replay else None)
+    following = active and st.session_state.get(CHOSEN) != run_name
+    value = st.session_state[key] = shown(list(timeline.options), st.session_state.get(key), timeline.wanted(epoch),
+                                          following=following, replay_index=replay.index if replay else None)
     if len(timeline.options) == 1:
-        return timeline.parse(timeline.options[0]), epoch
+        return timeline.parse(value), epoch
+    if replay or (following and running):
+        st.progress((timeline.options.index(value) + 1) / len(timeline.options),
+                    text=f"Replay: {timeline.label(value)}" if replay else
+                    f"Following the live run ({len(timeline.options) - live} frames so far); pause to scrub them")
+        if replay:
+            replay_controls(run_name, len(timeline.options))
+        return timeline.parse(value), epoch
+    st.session_state[ON_SCREEN] = True
     raw = st.select_slider("Timeline (frame by frame)" if timeline.frames else "Timeline (saved epochs)",
                            timeline.options, key=key, format_func=timeline.label, on_change=_chosen,
                            args=(run_name, key))
     if timeline.frames and not live:
         replay_controls(run_name, len(timeline.options))
-    return timeline.parse(raw), (epoch if replay else timeline.url_epoch(raw))
+    return timeline.parse(raw), timeline.url_epoch(raw)
 
 
 def _chosen(run_name: str, key: str) -> None:
-    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again)."""
+    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again).
+    Streamlit also calls this when the browser reports the slider's last value after the page has moved it
+    while the slider was not on screen (a replay, a followed run): no user did that, so it changes nothing."""
+    if not st.session_state.get(ON_SCREEN):
+        return
     stop_replay()
     if st.session_state.get(key) == "live":
         st.session_state.pop(CHOSEN, None)

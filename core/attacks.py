@@ -243,11 +243,16 @@ class BlackBoxAPI:
         return p.clamp_min(LOG_FLOOR).log() if log else p
 
 
+BUILD = object()  # make_api's `guard` when the defence object is still to be built
+
+
 def make_api(model: nn.Module, defence: DefenceConfig, labels: str = "soft", budget: int | None = None,
-             data: Dataset | None = None) -> BlackBoxAPI:
-    """The API a thief faces: the model, the defence (AM trains its misinformation model on `data`)."""
+             data: Dataset | None = None, guard=BUILD) -> BlackBoxAPI:
+    """The API a thief faces: the model, the defence (AM trains its misinformation model on `data`).
+    `guard`: the defence object make_defence already built for this model, so that the honest users' API
+    and the thief's share one (AM's misinformation model is trained once)."""
     labels = "hard" if defence.name == "top1" else labels
-    return BlackBoxAPI(model, labels, make_defence(defence, model, data), budget)
+    return BlackBoxAPI(model, labels, make_defence(defence, model, data) if guard is BUILD else guard, budget)
 
 
 # ---------------------------------------------------------------- attack configuration and result
@@ -890,16 +895,17 @@ def dfme(api: BlackBoxAPI, data: Dataset, config: AttackConfig, defence: Defence
 
 def run_attack(target: Classifier, data: Dataset, config: AttackConfig, defence: DefenceConfig | None = None,
                data_dir=None, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-               ) -> AttackResult:
+               guard=BUILD) -> AttackResult:
     """Put `target` behind an API with `defence` and a budget of config.queries, and attack it.
 
     progress(result) is called with the partial AttackResult (queries so far, curve so far, phase);
     should_stop() is polled between queries and training steps: a stopped attack returns its partial
     result with status 'stopped'. The returned result holds the trained surrogate (result.surrogate).
+    `guard`: a defence object already built for `target` (make_defence), reused instead of built again.
     """
     config = config.validate()
     defence = (defence or DefenceConfig()).validate()
-    api = make_api(target, defence, config.labels, config.queries, data)
+    api = make_api(target, defence, config.labels, config.queries, data, guard)
     return ATTACK_FUNCTIONS[config.attack](api, data, config, defence, data_dir, progress, should_stop)
 
 

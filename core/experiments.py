@@ -44,7 +44,7 @@ from typing import Callable
 import torch
 
 from .advft import AdvFTConfig, ConfigError, preset_config
-from .attacks import AttackConfig, DefenceConfig, make_api, run_attack
+from .attacks import AttackConfig, DefenceConfig, make_api, make_defence, run_attack
 from .data import Dataset
 from .grid import Cell, CellStopped, GridResult, LocalExecutor, run_grid
 from .metrics import accuracy, fidelity, outputs
@@ -139,7 +139,7 @@ def protect(victim: Classifier, data: Dataset, config: AdvFTConfig, out: Path, v
 
 
 def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Note = _quiet, should_stop=None,
-             victims: dict | None = None) -> dict:
+             victims: dict | None = None, progress=None) -> dict:
     """Run one grid cell (core.grid calls this, in this process or on a Ray worker); an AdvFT cell writes
     its run folder `folder`. `victims` caches loaded (model, dataset) by victim string across cells.
 
@@ -147,7 +147,8 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
     model's margin and epochs, None for the victim itself), and points, one per attack:
     {epoch (AdvFT epochs so far, None without AdvFT), record (the run's history record at that epoch),
     fidelity (Acc_MF, KL_train, KL_test of what honest users get; with cell.fidelity), attack
-    (the AttackResult as a dict) and, when the cell has more attacks, also (their results, in order)}."""
+    (the AttackResult as a dict) and, when the cell has more attacks, also (their results, in order)}.
+    progress(partial AttackResult) follows each attack as it runs (the app's live curve)."""
     stop = should_stop or (lambda: False)
     victims = {} if victims is None else victims
     if cell.victim not in victims:
@@ -164,15 +165,16 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
 
     def attack_point(model: Classifier, epoch: int | None = None, record: dict | None = None) -> dict:
         fid = None
+        guard = make_defence(defence, model, data)  # one per model: AM trains its misinformation model here
         if cell.fidelity:  # what an honest user asking for soft answers gets from this deployment
             if defence.name != "none":
-                answers = _split_logits(make_api(model, defence, "soft", None, data), data, device)
+                answers = _split_logits(make_api(model, defence, "soft", None, data, guard), data, device)
             else:
                 answers = ref if model is victim else _split_logits(model, data, device)
             fid = fidelity(ref, answers, data.y_test)
         results = []
         for attack_config in (attack, *also):
-            result = run_attack(model, data, attack_config, defence, data_dir, should_stop=should_stop)
+            result = run_attack(model, data, attack_config, defence, data_dir, progress, should_stop, guard)
             if result.status == "stopped":
                 raise CellStopped(f"cell {cell.name} stopped")
             results.append(result.to_dict())
@@ -186,6 +188,9 @@ def run_cell(cell: Cell, folder: Path, *, data_dir=None, device="cpu", note: Not
         at = set(cell.at_epochs) or {config.epochs}
 
         def attack_after(trainer) -> None:
+            if progress is not None:
+                progress({"phase": f"AdvFT epoch {trainer.epoch}/{config.epochs}", "done": trainer.epoch / config.epochs,
+                          "queries": 0, "budget": attack.queries, "curve": []})
             if trainer.epoch in at and not stop():
                 row["points"].append(attack_point(trainer.model, trainer.epoch, dict(trainer.history[-1])))
 
@@ -284,6 +289,27 @@ def _median(values: list):
     return float(statistics.median(vals)) if all(isinstance(v, (int, float)) for v in vals) else vals[0]
 
 
+def attack_row(cell_row: dict) -> dict:
+    """One attack as a row of the table (the keys of TABLE_ROW; no Acc_MS before: that is the unprotected
+    victim's row, see with_before), from the row of a cell run with fidelity: its last attack point.
+    `table` and the app's Attack page both build their rows here."""
+    point = cell_row["points"][-1]
+    fid, r = point["fidelity"], point["attack"]
+    return {"acc_mr": cell_row["acc_mr"], "q": r["queries"], "m": cell_row["m"], "n": cell_row["n"],
+            "acc_mf": fid["acc_mf"], "acc_ms_after": r["surrogate_best_acc"], "acc_ms_after_final": r["surrogate_acc"],
+            "kl_train": fid["kl_train"], "kl_test": fid["kl_test"], "agreement": r["agreement"],
+            "epochs_trained": r.get("epochs_trained"), "early_stopped": r.get("early_stopped"),
+            "id_transfer": r.get("id_transfer", False), "status": r["status"]}
+
+
+def with_before(rows: list[dict], key=lambda r: (r.get("attack"), r.get("labels"), r["q"])) -> list[dict]:
+    """Rows of separate attacks with Acc_MS before filled in: the best (and final) accuracy of the same attack
+    (same `key`) on an unprotected target, a row whose m is None and whose defence is none."""
+    before = {key(r): r for r in rows if r.get("m") is None and r.get("defence", "none") == "none"}
+    return [{**r, "acc_ms_before": before[key(r)]["acc_ms_after"] if key(r) in before else None,
+             "acc_ms_before_final": before[key(r)]["acc_ms_after_final"] if key(r) in before else None} for r in rows]
+
+
 def table_report(cells: list[Cell], result: GridResult, methods=TABLE_METHODS, dataset: str | None = None,
                  victim_arch: str | None = None) -> dict:
     """The table's report from its grid: {"rows": [...], "results": {...}, ...} as written by `table`. A
@@ -318,15 +344,8 @@ def table_report(cells: list[Cell], result: GridResult, methods=TABLE_METHODS, d
             continue  # never ran: the grid was stopped
         per_seed = {}
         for cell, cell_row in done:
-            point = cell_row["points"][-1]
-            fid, r = point["fidelity"], point["attack"]
-            per_seed[_cell_seed(cell)] = {
-                "acc_mr": cell_row["acc_mr"], "q": r["queries"], "m": cell_row["m"], "n": cell_row["n"],
-                "acc_mf": fid["acc_mf"], "acc_ms_after": r["surrogate_best_acc"], "acc_ms_after_final": r["surrogate_acc"],
-                "kl_train": fid["kl_train"], "kl_test": fid["kl_test"], "agreement": r["agreement"],
-                "epochs_trained": r.get("epochs_trained"), "early_stopped": r.get("early_stopped"),
-                "id_transfer": r.get("id_transfer", False), "status": r["status"]}
-            results[method if len(done) == 1 else f"{method}-s{_cell_seed(cell)}"] = r
+            per_seed[_cell_seed(cell)] = attack_row(cell_row)
+            results[method if len(done) == 1 else f"{method}-s{_cell_seed(cell)}"] = cell_row["points"][-1]["attack"]
         keys = ("acc_mr", "q", "m", "n", "acc_mf", "acc_ms_after", "acc_ms_after_final", "kl_train", "kl_test", "agreement")
         row = {"method": label, **{k: _median([s[k] for s in per_seed.values()]) for k in keys},
                "acc_ms_before": acc_ms_before, "acc_ms_before_final": acc_ms_before_final,
@@ -574,7 +593,7 @@ def _has_paper(rows: list[dict]) -> bool:
     return any(r.get(k) is not None for r in rows for k in PAPER_COLUMNS)
 
 
-def _table_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], list[list[str]]]:
+def formatted(rows: list[dict]) -> tuple[list[tuple[str, str]], list[list[str]]]:
     """(group, header) per column and the formatted cells: ours, with the paper's number in the column beside."""
     paper = _has_paper(rows)
     heads, body = [("", "method")], [[r["method"] for r in rows]]
@@ -587,10 +606,15 @@ def _table_cells(rows: list[dict]) -> tuple[list[tuple[str, str]], list[list[str
     return heads, [list(x) for x in zip(*body)]
 
 
+def column_names(heads: list[tuple[str, str]]) -> list[str]:
+    """One name per column of `formatted`: 'before: Q', 'after: Acc_MF', 'method'."""
+    return [f"{'before: ' if g == 'before' else 'after: ' if g == 'after' else ''}{h}" for g, h in heads]
+
+
 def format_table(rows: list[dict]) -> str:
     """The rows as a Markdown table in the paper's layout (our number, then the paper's where it has one)."""
-    heads, cells = _table_cells(rows)
-    names = [f"{'before: ' if g == 'before' else 'after: ' if g == 'after' else ''}{h}" for g, h in heads]
+    heads, cells = formatted(rows)
+    names = column_names(heads)
     head = "| " + " | ".join(names) + " |\n|" + "---|" * len(names)
     return "\n".join([head, *("| " + " | ".join(c) + " |" for c in cells)])
 
@@ -638,7 +662,7 @@ def table_markdown(report: dict, title: str | None = None) -> str:
 
 def table_html(report: dict, figure, title: str) -> str:
     """A page with the table (the paper's two-level header: before / after defence), its notes and the figure."""
-    heads, cells = _table_cells(report["rows"])
+    heads, cells = formatted(report["rows"])
     groups = []
     for g, _ in heads:
         if groups and groups[-1][0] == g:

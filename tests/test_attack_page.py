@@ -1,5 +1,6 @@
-"""The Attack page (AppTest): launch a tiny KnockoffNets attack, see its row (saved: a new tab lists it);
-Protect & attack uses the settings on screen; a stopped attack is no row; bad input is a message."""
+"""The Attack page (AppTest): launch a tiny KnockoffNets attack, see its row (the `table` command's schema,
+saved: a new tab lists it); Protect & attack uses the settings on screen; a stopped attack is no row;
+bad input is a message. The work runs in the worker process, as in the app."""
 
 import time
 
@@ -7,6 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.tasks import load_results
+from core.experiments import TABLE_COLUMNS
 from tests.conftest import ROOT
 
 ENTRY = str(ROOT / "streamlit_app.py")
@@ -45,27 +47,46 @@ def test_tiny_attack_lands_in_the_table(page, tmp_path):
     rows = saved_rows(tmp_path)
     assert len(rows) == 1
     row = rows[0]
-    assert row["Q"] == 1000 and row["status"] == "finished" and row["defence"] == "none"
-    assert row["Acc_MF"] == pytest.approx(row["Acc_MR"]) and row["KL_test"] == pytest.approx(0, abs=1e-9)
-    assert row["curve"][-1]["queries"] == 1000 and 0 <= row["Acc_MS"] <= 1
+    assert set(TABLE_COLUMNS) - {"method", "acc_ms_before", "acc_ms_before_final"} <= set(row)  # table's schema
+    assert row["q"] == 1000 and row["status"] == "finished" and row["defence"] == "none" and row["m"] is None
+    assert row["acc_mf"] == pytest.approx(row["acc_mr"]) and row["kl_test"] == pytest.approx(0, abs=1e-9)
+    assert row["curve"][-1]["queries"] == 1000 and 0 <= row["acc_ms_after_final"] <= row["acc_ms_after"] <= 1
     assert any("finished" in s.value for s in at.success)
     assert at.dataframe, "the results table is drawn"
     table = open_page().dataframe[0].value  # a new tab (session) lists the saved result
-    assert list(table["Q"]) == [1000] and list(table["m"]) == ["-"] and list(table["KL_test"]) == [0.0]
+    assert list(table["before: Q"]) == ["1,000"] and list(table["after: m"]) == ["-"]
+    assert list(table["after: KL_test"]) == ["0"]
+    # The unprotected target's row is its own "before" (as the none row of `table`).
+    assert list(table["before: Acc_MS best"]) == list(table["after: Acc_MS best"])
+
+
+def wait_ended(at: AppTest, timeout: float = 600) -> str:
+    """Rerun the page until its task has ended (its Stop button is gone); what the page says then. It waits
+    for a state, not for a time: a task that ignored its stop would run on to 'finished' and save its row."""
+    deadline = time.time() + timeout
+    while any(b.key == "a_stop" for b in at.button) and time.time() < deadline:
+        time.sleep(0.5)
+        at.run()
+    return " ".join(m.value for m in (*at.info, *at.success, *at.error))
 
 
 def test_protect_and_attack_uses_the_settings_on_screen_and_a_stopped_attack_is_no_row(page, tmp_path):
     at = page
-    at.radio(key="a_attack").set_value("dfme")
-    at.number_input(key="a_queries").set_value(100_000)
-    at.button(key="a_launch").click().run()  # launched with DFME ...
-    at.button(key="a_stop").click().run()
-    deadline = time.time() + 60
-    while at.button(key="p_go").disabled and time.time() < deadline:  # the stopped task winds down
-        time.sleep(0.5)
+    # A KnockoffNets attack small enough to finish within the wait below were its stop ignored.
+    at.number_input(key="a_queries").set_value(2000)
+    at.button(key="a_launch").click().run()
+    deadline = time.time() + 180
+    while not any("queries" in p.proto.text for p in at.get("progress")) and time.time() < deadline:
+        time.sleep(0.3)  # stopped once it is querying the API, so that the stop meets a running attack
         at.run()
-    at.radio(key="a_attack").set_value("knockoff")  # ... then KnockoffNets chosen, not launched
-    at.number_input(key="a_queries").set_value(20_000)
+    at.button(key="a_stop").click().run()
+    said = wait_ended(at)
+    assert "stopped" in said and "finished" not in said, said
+    assert saved_rows(tmp_path) == []
+    at.radio(key="a_attack").set_value("dfme")  # DFME chosen, not launched ...
+    at.number_input(key="a_queries").set_value(100_000)
+    at.radio(key="a_attack").set_value("knockoff")  # ... then KnockoffNets
+    at.number_input(key="a_queries").set_value(2000)
     at.select_slider(key="p_margin").set_value(50.0)
     at.number_input(key="p_epochs").set_value(1)
     at.button(key="p_go").click().run()
@@ -73,8 +94,8 @@ def test_protect_and_attack_uses_the_settings_on_screen_and_a_stopped_attack_is_
     shown = [p.proto.text for p in at.get("progress")] + [i.value for i in at.info]
     assert any("AdvFT m=50 then knockoff" in t for t in shown), shown
     at.button(key="a_stop").click().run()
-    time.sleep(1)
-    at.run()
+    said = wait_ended(at)
+    assert "stopped" in said and "finished" not in said, said
     assert saved_rows(tmp_path) == []  # neither stopped task left a row
 
 

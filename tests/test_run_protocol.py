@@ -194,7 +194,8 @@ def test_a_spare_process_builds_the_next_trainer_before_start(tmp_path, small_da
     training knobs reuses it, retuned; other build settings (the seed) build afresh."""
     from multiprocessing import Pipe
 
-    from app.jobs import Warmup, _Runner, _wait_for_spec
+    from app.jobs import Warmup
+    from app.worker import Runner, _wait_for_spec
 
     def warm(**kw):
         return Warmup(str(MNIST_VICTIM), tiny_config(**kw), str(small_data_dir))
@@ -207,11 +208,11 @@ def test_a_spare_process_builds_the_next_trainer_before_start(tmp_path, small_da
     send.send(("spec", spec))
     got, built = _wait_for_spec(receive)
     assert got == spec and built[0] == warm(margin=3.0).key() == Warmup.of(spec).key()
-    trainer = _Runner(got, None, built)._prebuilt()
+    trainer = Runner(got, None, built)._prebuilt()
     assert trainer is built[1] and trainer.config == spec.config and trainer.steps_done == 0
 
     other = JobSpec(**{**spec.__dict__, "config": tiny_config(seed=1)})
-    assert _Runner(other, None, built)._prebuilt() is None
+    assert Runner(other, None, built)._prebuilt() is None
 
 
 def test_a_job_stopped_in_the_queue_leaves_no_folder(tmp_path, small_data_dir):

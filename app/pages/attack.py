@@ -2,31 +2,33 @@
 
 The controller of the Attack page. It wires
     the attack and target controls                 -> a core AttackConfig / DefenceConfig,
-    the session's Task (app/tasks.py, a thread)    <- Launch / Protect & attack / sweeps / Stop,
+    the session's Task (app/tasks.py; it runs in   <- Launch / Protect & attack / sweeps / Stop,
+    the worker process, app/worker.py)
     the task's partial AttackResult                -> the live progress line and accuracy-vs-queries curve,
-    finished results                               -> a table in the layout of the paper's Tables 2-3.
+    finished rows (the `table` command's schema)   -> a table in the layout of the paper's Tables 2-3,
+                                                      formatted by the same code as `table`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import streamlit as st
 
 from app import session, views
 from app.jobs import ABANDON_AFTER_S
-from app.tasks import (TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_MINUTES, Task, attack_targets, attack_task, clear_results,
-                       load_results, protect_then_attack_task, sweep_task)
+from app.tasks import (DEFENCE_LABELS, TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_MINUTES, Task, TaskSpec, attack_targets,
+                       clear_results, load_results)
 from core import figures
-from core.advft import PRESETS, ConfigError
+from core.advft import PRESETS
 from core.attacks import AttackConfig, DefenceConfig
 from core.device import pick_device
-from core.experiments import AM_SIMPLIFIED
-from core.training import committed_victims
+from core.errors import UserError
+from core.experiments import AM_SIMPLIFIED, column_names, formatted, with_before
+from core.victims import committed_victims, victim_path
 
 LIVE_REFRESH_S = 0.5
-DEFENCE_LABELS = {"none": "none", "dp": "DP (deceptive perturbation)",
-                  "am": "AM (simplified adaptive misinformation)", "top1": "top-1 label only"}
 
 
 @st.cache_resource(show_spinner=False)
@@ -123,8 +125,9 @@ msweep = s2.button(f"Margin sweep (toy) · ~{TOY_MINUTES['margins']} min", disab
                         f"about {TOY_MINUTES['margins']} min on a 2-core CPU")
 
 
-def start(title: str, fn) -> None:
-    holder.replace(Task(title, fn, session.job_slots(), dev, ABANDON_AFTER_S, results_dir).start())
+def start(title: str, kind: str, **args) -> None:
+    spec = TaskSpec(title, kind, args, data_dir, dev)
+    holder.replace(Task(spec, session.job_slots(), ABANDON_AFTER_S, results_dir).start())
     st.rerun()
 
 
@@ -133,22 +136,24 @@ try:
                               sampling=sampling, surrogate=surrogate).validate()
     defence_cfg = DefenceConfig(name=defence, dp_beta=float(beta), dp_gamma=float(gamma),
                                 am_threshold=float(threshold), seed=int(seed)).validate()
-except (ConfigError, ValueError) as e:
+except (UserError, ValueError) as e:
     attack_cfg = defence_cfg = None
     if launch or protect:
         st.error(str(e))
+runs = str(session.runs_dir())
 if launch and attack_cfg and not busy:
-    target = {**all_targets[label], "label": label}
-    start(f"{attack_name} on {label}", attack_task(target, attack_cfg, defence_cfg, data_dir, dev))
+    start(f"{attack_name} on {label}", "attack", target=all_targets[label], attack=asdict(attack_cfg),
+          defence=asdict(defence_cfg))
 elif launch and busy:
     st.warning("An attack is already running in this session: stop it first.")
 if protect and attack_cfg:
-    start(f"AdvFT m={p_margin:g} then {attack_name}",
-          protect_then_attack_task(p_victim, float(p_margin), int(p_epochs), attack_cfg, session.runs_dir(), data_dir, dev))
+    start(f"AdvFT m={p_margin:g} then {attack_name}", "attack", target={"victim": str(victim_path(p_victim))},
+          attack=asdict(attack_cfg), defence=asdict(DefenceConfig()),
+          advft={"margin": float(p_margin), "epochs": int(p_epochs)}, runs_dir=runs)
 if fig4:
-    start("Fig. 4 sweep", sweep_task("epochs", p_victim, session.runs_dir(), data_dir, dev))
+    start("Fig. 4 sweep", "sweep", kind="epochs", victim=p_victim, runs_dir=runs)
 if msweep:
-    start("margin sweep", sweep_task("margins", p_victim, session.runs_dir(), data_dir, dev))
+    start("margin sweep", "sweep", kind="margins", victim=p_victim, runs_dir=runs)
 
 
 @st.fragment(run_every=LIVE_REFRESH_S if busy else None)
@@ -200,28 +205,17 @@ live()
 
 st.subheader("Results, in the layout of the paper's Tables 2-3")
 if results:
-    def best(r: dict) -> float:  # results saved before the best was kept: their final accuracy
-        return r.get("best Acc_MS") if r.get("best Acc_MS") is not None else r["Acc_MS"]
-
-    before = {(r["attack"], r["labels"], r["Q"]): best(r) for r in results
-              if r["defence"] == "none" and r["target"].startswith("original")}
-    table = [{"target": r["target"], "defence": "AM (simplified)" if r["defence"] == "am" else r["defence"],
-              "attack": f"{r['attack']} ({r['labels']})",
-              "Acc_MR": r["Acc_MR"], "Acc_MS before": before.get((r["attack"], r["labels"], r["Q"])), "Q": r["Q"],
-              "m": "-" if r["m"] is None else f"{r['m']:g}", "N": "-" if r["N"] is None else str(r["N"]),
-              "Acc_MF": r["Acc_MF"], "Acc_MS after (best)": best(r), "Acc_MS after (final)": r["Acc_MS"],
-              "KL_test": 0.0 if abs(r["KL_test"]) < 1e-12 else r["KL_test"],  # float noise of an identical model
-              "status": r["status"]} for r in results]
-    st.dataframe(table, hide_index=True, column_config={
-        k: st.column_config.NumberColumn(format="%.4f")
-        for k in ("Acc_MR", "Acc_MS before", "Acc_MF", "Acc_MS after (best)", "Acc_MS after (final)")
-    } | {"KL_test": st.column_config.NumberColumn(format="%.2e")})
-    views.explain("Acc_MS: the surrogate's best test accuracy over training (the paper's protocol) and its final one; "
-                  "before: the same attack on the unprotected original (when you ran it). Acc_MF and KL_test: what "
+    rows = with_before(results)  # Acc_MS before: the same attack on an unprotected target, when you ran it
+    heads, cells = formatted(rows)
+    table = [{"target": r["target"], "attack": f"{r['attack']} ({r['labels']})", **dict(zip(column_names(heads), c)),
+              "status": r["status"]} for r, c in zip(rows, cells)]
+    st.dataframe(table, hide_index=True)
+    views.explain("Acc_MS best: the surrogate's best test accuracy over training (the paper's protocol), final: at its "
+                  "end; before: the same attack on the unprotected original (when you ran it). Acc_MF and KL: what "
                   "honest users asking for soft answers get from the target behind its defence, against the original "
                   "M_R, whatever labels the thief asked for. AM is a simplified version of adaptive misinformation "
                   "(see the API defence's help).")
-    views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in results],
+    views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in rows],
                             "attack_results")
     if st.button("Clear results", key="a_clear", help="Deletes the saved results of every tab"):
         clear_results(results_dir)

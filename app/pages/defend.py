@@ -231,7 +231,8 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
         if run is not None and v is None and not run.path.is_dir():
             raise RunError(f"run '{run.name}' no longer exists under {run.path.parent}")
         if run is not None:
-            choice, epoch = timeline.slider(run, ui.run, ui.epoch, live=bool(active and v.snapshot), active=active)
+            choice, epoch = timeline.slider(run, ui.run, ui.epoch, live=bool(active and v.snapshot), active=active,
+                                            running=bool(v and v.state in ("queued", "preparing", "running")))
             if epoch != ui.epoch:
                 session.set_ui_state(ui.with_(epoch=epoch))
             if choice not in ("live", None):
