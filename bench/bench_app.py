@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.e2e import (FIG5_DRAWN, MF_POINTS, chromium_page, slider_step, streamlit_server, wait_loaded,  # noqa: E402
+from tests.e2e import (FIG5_DRAWN, MF_POINTS, chromium_page, slider_step, streamlit_server, wait_loaded,  # noqa: E402
                      wait_mf_change, wait_state)
 
 COUNT_UPDATES = """async ([probe, seconds]) => {

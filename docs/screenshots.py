@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.e2e import chromium_page, streamlit_server, wait_loaded, wait_state  # noqa: E402
+from tests.e2e import chromium_page, streamlit_server, wait_loaded, wait_state  # noqa: E402
 
 OUT = ROOT / "docs"
 

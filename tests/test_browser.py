@@ -2,7 +2,7 @@
 
 Start a short training from URL parameters, see the M_F panel change, download a PNG from the
 chart's own toolbar, pause, reload the page from its URL and get the same configuration; no
-exception box anywhere. The helpers (server, browser, waits) live in app/e2e.py.
+exception box anywhere. The helpers (server, browser, waits) live in tests/e2e.py.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ import time
 
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from app.e2e import (CHROMIUM, DRAWN_STEP, MF_POINTS, ZOOM_OOD_PIXELS, chromium_page, png_size, streamlit_server,
+from tests.e2e import (CHROMIUM, DRAWN_STEP, MF_POINTS, ZOOM_OOD_PIXELS, chromium_page, png_size, streamlit_server,
                      wait_loaded, wait_settled, wait_state)
 from core.advft import preset_config
 
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+pytestmark = pytest.mark.browser
 
 
 @needs_chromium

@@ -46,6 +46,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.ray
 def test_local_and_ray_give_the_same_rows_and_run_folders(small_data_dir, tmp_path, one_thread):
     pytest.importorskip("ray", reason="Ray is not installed: pip install -r requirements-ray.txt")
     from core.grid import RayExecutor
