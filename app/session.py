@@ -172,3 +172,52 @@ def read_snapshot(run: RunDir, kind: str, index: int) -> Snapshot:
 def _cached_snapshot(path: str, kind: str, index: int, stamp: int) -> Snapshot:
     run = RunDir(Path(path))
     return run.load_snapshot(index) if kind == "epoch" else run.load_frame(index)
+
+
+# ---------------------------------------------------------------- the machine and M_R before any run
+
+
+@st.cache_resource(show_spinner=False)
+def device():
+    """Where this server's work runs (the worker processes use the same)."""
+    from core.device import pick_device
+
+    return pick_device("auto")
+
+
+@st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
+def preview(victim: str, data_dir: str, preview_values: tuple) -> Snapshot:
+    """M_R before any training, kept here and on disk under <runs dir>/.cache (core.training.preview_snapshot),
+    keyed by the settings it depends on (PREVIEW_FIELDS), not by the training knobs."""
+    from core.advft import AdvFTConfig
+    from core.training import PREVIEW_FIELDS, preview_snapshot
+
+    config = AdvFTConfig(**dict(zip(PREVIEW_FIELDS, preview_values)))
+    return preview_snapshot(victim, config, data_dir, device(), cache_dir=runs_dir() / ".cache")
+
+
+
+def missing_dataset(victim: str) -> tuple[str, str] | None:
+    """None when the victim's dataset loads here without a download; else (its title, why not)."""
+    from core.data import DATASETS
+    from core.errors import UserError
+    from core.victims import victim_path
+
+    try:
+        dataset = victim_dataset(str(victim_path(victim)))
+        problem = dataset_problem(dataset, str(data_dir()))
+    except UserError as e:
+        dataset, problem = None, str(e)
+    return None if problem is None else (DATASETS[dataset].title if dataset else "The victim", problem)
+
+
+def held_axes(key: str, snapshot: Snapshot, kind: str, seed: int):
+    """Projection and fixed ranges for a run (or a preview), made once from M_R's features, then held."""
+    from core import figures
+
+    def build():
+        if snapshot.before.id.shape[1] > 2 and kind == "umap":
+            with st.spinner("Fitting UMAP on M_R's features (the first time compiles numba code: ~30 s)…"):
+                return figures.fixed_axes(snapshot, "umap", seed)
+        return figures.fixed_axes(snapshot, "pca", seed)
+    return held("axes", (key, kind), build)

@@ -256,6 +256,13 @@ def status_line(view, capacity: int) -> None:
         st.caption(plain(view.message))
 
 
+def data_notice(what: str, problem: str) -> str:
+    return (f"**{what} is not available here**, so the page switched to the *offline demo* preset (real handwritten "
+            f"digits that ship with scikit-learn; nothing to download). To use {what}, put its `.npz` in a folder and "
+            f"start the app with `ADVFT_DATA_DIR=that/folder streamlit run streamlit_app.py` (or let it download once "
+            f"online). Details: {plain(problem)}")
+
+
 def axes_note(proj, ranges) -> None:
     note = f"Axes fixed from M_R's features (+{int(figures.HEADROOM * 100)}% headroom)"
     if ranges.extended_at:
@@ -271,3 +278,47 @@ def strip_view(snaps, proj, ranges, classes, style: str, export: Export, name: s
     explain("A strip for slides: the OOD crosses and G(z) stars drift epoch by epoch while the ID digits stay on "
             "their rays.")
     return strip
+
+
+def transport(job, v, start, resume, reset, start_disabled: bool) -> None:
+    """Start / Play-Pause / Step (Algorithm 1) / G +1 / F +1 / Epoch / slow motion / Resume / Reset. `job` and
+    its view `v` may be None (nothing runs); `resume` None hides Resume."""
+    active = bool(v and v.active)
+    cols = st.columns([1.2, 1, 1, 1, 1, 1.2, 1.3, 1])
+    if not active:
+        cols[0].button("Start", type="primary", icon=":material/play_arrow:", on_click=start,
+                       disabled=start_disabled, key="t_start", width="stretch")
+    elif v.state == "paused":
+        cols[0].button("Play", type="primary", icon=":material/play_arrow:", on_click=job.play, key="t_play",
+                       width="stretch")
+    else:
+        cols[0].button("Pause", icon=":material/pause:", on_click=job.pause, key="t_pause", width="stretch",
+                       disabled=v.state in ("queued", "preparing"))
+    can_step = active and v.state in ("running", "paused")
+    for col, (label, kind, key, why) in zip(cols[1:5], (
+            (f"Step ({'G' if v and v.phase == 'G' else 'F'})" if can_step else "Step", "step", "t_step",
+             "The next step of Algorithm 1 (a G step while I_G steps remain in this epoch, then F)"),
+            ("G +1", "g", "t_g", "One extra generator update outside the schedule (GAN Lab's 'step G')"),
+            ("F +1", "f", "t_f", "One extra M_F update outside the schedule"),
+            ("Epoch", "epoch", "t_epoch", "Run to the end of this epoch, then pause"))):
+        col.button(label, on_click=job.step if job else None, args=(kind,), disabled=not can_step, key=key,
+                   width="stretch", help=why)
+    slow = cols[5].toggle("Slow motion", value=bool(v and v.slow), key="t_slow", disabled=not active,
+                          help="Publish every step and wait 0.25 s after it, to watch single steps")
+    if job and active and slow != v.slow:
+        job.set_slow_motion(slow)
+    if resume is not None:
+        cols[6].button("Resume run", on_click=resume, key="t_resume", width="stretch",
+                       help="Continue this run from its last finished epoch (from epoch 0 if none finished)")
+    cols[7].button("Reset", on_click=reset, key="t_reset", width="stretch",
+                   help="Stop (the run folder keeps every finished epoch) and go back to M_R")
+
+
+def recorded_picker(runs, open_run) -> None:
+    """Before any run: the shipped recordings, one click away (they open without training)."""
+    if runs:
+        cols = st.columns([2] + [1] * len(runs) + [3])
+        cols[0].caption("Or open a recorded run, no waiting:")
+        for col, run in zip(cols[1:], runs):
+            col.button(run.name.removeprefix("recorded-"), key=f"open_{run.name}", icon=":material/movie:",
+                       on_click=open_run, args=(run.name,), width="stretch")

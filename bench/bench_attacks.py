@@ -1,4 +1,4 @@
-"""Benchmark of the extraction attacks (issue 4): one table, targets checked in the same run.
+"""Benchmark of the extraction attacks: one table, targets checked in the same run.
 
     ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_attacks.py [--seeds 3] [--dfme-queries 1000000]
         [--pieces knockoff,dfme] [--device cpu] [--out DIR]

@@ -1,4 +1,4 @@
-"""Benchmark of the grid runner (issue 11): one 4-cell grid, run in this process one cell after another and
+"""Benchmark of the grid runner: one 4-cell grid, run in this process one cell after another and
 on a local Ray cluster of this machine's cores; one table.
 
     ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_grid.py [--cpus 2] [--steps 40] [--queries 2000]

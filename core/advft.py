@@ -117,10 +117,9 @@ BUILD_FIELDS = ("seed", "probe_size", "eval_train_size", "eval_ood_size", "ood",
 
 # Presets: a victim (assets/victims/<name>.pt) and the config overrides that go with it.
 PRESETS: dict[str, dict] = {
-    # The live demo, chosen to protect convincingly within 90 s on a 2-core CPU (issue 10, item 7;
-    # bench/bench_lecture.py): m = 30 and 15 epochs of 25 G + 150 F steps. Median of 3 seeds: the project's
-    # KnockoffNets (20k soft queries) 88.7% -> 26.6%, Acc_MF -0.04 points, KL_test 3.7e-3; 84 s on the CLI.
-    # (Until then: the engine's defaults, m = 10 and N = 6 of 50 + 150 steps: a thief at about 40-50%.)
+    # The live demo: the smallest settings found that protect convincingly within 90 s on a 2-core CPU
+    # (bench/bench_lecture.py; its figures are in docs/results.md). The engine's defaults (m = 10, N = 6)
+    # leave the thief at 40-50% on this victim.
     "lecture": {"victim": "mnist_lenet2d", "config": {"margin": 30.0, "epochs": 15, "i_g": 25}},
     # The same on the offline default data (no dataset on disk needed).
     "offline": {"victim": "digits_lenet2d", "config": {"margin": 30.0, "epochs": 15, "i_g": 25}},

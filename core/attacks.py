@@ -54,7 +54,6 @@ from .models import FULL_WIDTH, Classifier, build_model
 
 LABELS = ("soft", "hard")
 DEFENCES = ("none", "dp", "am", "top1")
-ATTACKS = ("knockoff", "dfme")
 SAMPLINGS = ("random", "adaptive")
 SURROGATES = ("full", "same")
 PROB_CLAMP = 1e-6   # DP: y is clamped into [1e-6, 1 - 1e-6] before logit(y), so nothing is inf or NaN
@@ -906,7 +905,15 @@ def run_attack(target: Classifier, data: Dataset, config: AttackConfig, defence:
     config = config.validate()
     defence = (defence or DefenceConfig()).validate()
     api = make_api(target, defence, config.labels, config.queries, data, guard)
-    return ATTACK_FUNCTIONS[config.attack](api, data, config, defence, data_dir, progress, should_stop)
+    return ATTACKS[config.attack].run(api, data, config, defence, data_dir, progress, should_stop)
 
 
-ATTACK_FUNCTIONS = {"knockoff": knockoff, "dfme": dfme}
+@dataclass(frozen=True)
+class Attack:
+    label: str   # how tables and pages name it
+    run: Callable[..., AttackResult]  # (api, data, config, defence, data_dir, progress, should_stop), as knockoff
+
+
+# The attacks, by name (AttackConfig.attack, the CLI's --attack, the Attack page's choice). A new attack is
+# one function with knockoff's signature that queries `api` and returns its AttackResult, and one line here.
+ATTACKS: dict[str, Attack] = {"knockoff": Attack("KnockoffNets", knockoff), "dfme": Attack("DFME", dfme)}

@@ -525,14 +525,14 @@ def scaled_attack(attack: str, scale: str, **explicit) -> AttackConfig:
     """The attack config of a scale: AttackConfig's defaults < the scale's < `explicit` (options the user gave)."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale '{scale}'; choose one of: {', '.join(SCALES)}")
-    return AttackConfig(**{"attack": attack, **SCALE_ATTACKS[scale][attack], **explicit}).validate()
+    return AttackConfig(**{"attack": attack, **SCALE_ATTACKS[scale].get(attack, {}), **explicit}).validate()
 
 
 def scaled_advft(preset: str, scale: str, attack: str, **explicit) -> AdvFTConfig:
     """The AdvFT config of a preset at a scale: the preset's, or at scale `paper` the paper preset's with the
     N of the paper's table for `attack`; `explicit` (options the user gave) last."""
     if scale == "paper":
-        return preset_config("paper", **{"epochs": PAPER_EPOCHS[attack], **explicit}).validate()
+        return preset_config("paper", **{"epochs": PAPER_EPOCHS.get(attack, PAPER_EPOCHS["dfme"]), **explicit}).validate()
     return preset_config(preset, **explicit).validate()
 
 

@@ -1,4 +1,4 @@
-"""Issue 9: the paper's Tables 2-3 reproduced honestly. Fidelity of every baseline on cases known by hand,
+"""The paper's Tables 2-3 reproduced honestly. Fidelity of every baseline on cases known by hand,
 best vs final surrogate accuracy, the ID-transfer guard, the budgets of each --scale, presets whose victim
 is missing, the `table` command end to end on tiny budgets (the offline digits), and the committed
 full-width victim. Small and fast: a few seconds per test on one core."""

@@ -22,18 +22,12 @@ from app.tasks import (DEFENCE_LABELS, TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_
                        clear_results, load_results)
 from core import figures
 from core.advft import PRESETS
-from core.attacks import AttackConfig, DefenceConfig
-from core.device import pick_device
+from core.attacks import ATTACKS, AttackConfig, DefenceConfig
 from core.errors import UserError
 from core.experiments import AM_SIMPLIFIED, column_names, formatted, with_before
 from core.victims import committed_victims, victim_path
 
 LIVE_REFRESH_S = 0.5
-
-
-@st.cache_resource(show_spinner=False)
-def device() -> str:
-    return str(pick_device("auto"))
 
 
 # ---------------------------------------------------------------- figures
@@ -65,7 +59,7 @@ views.explain("A thief sends out-of-distribution images (KnockoffNets: natural p
               "gets close to the victim; against AdvFT's M_F the answers to OOD queries are distorted, so the "
               "surrogate learns the wrong thing, while honest users (ID inputs) see the same model.")
 data_dir = str(session.data_dir())
-dev = device()
+dev = str(session.device())
 holder = session.session_task()
 results_dir = session.runs_dir() / ".attacks"  # finished attacks and sweeps, shared by every tab (app/tasks.py)
 results, sweeps = load_results(results_dir)
@@ -81,8 +75,8 @@ with st.container(border=True):
     defence = c1.radio("API defence", list(DEFENCE_LABELS), format_func=DEFENCE_LABELS.get, horizontal=True,
                        key="a_defence", help="Poisoning added behind the API; combine with an AdvFT target freely. "
                                              + AM_SIMPLIFIED)
-    attack_name = c2.radio("Attack", ("knockoff", "dfme"), horizontal=True, key="a_attack",
-                           format_func={"knockoff": "KnockoffNets", "dfme": "DFME"}.get)
+    attack_name = c2.radio("Attack", list(ATTACKS), horizontal=True, key="a_attack",
+                           format_func=lambda a: ATTACKS[a].label)
     labels = c2.radio("Answers", ("soft", "hard"), horizontal=True, key="a_labels",
                       help="soft: probabilities; hard: top-1 label only")
     queries = c3.number_input("Query budget Q", min_value=1, max_value=50_000_000, value=20_000, step=1000,

@@ -12,38 +12,22 @@ The controller of the main page, top to bottom:
 
 from __future__ import annotations
 
-import html
-
 import streamlit as st
 
 from app import session, timeline, views
 from app.jobs import ABANDON_AFTER_S, WORKERS, Job, JobSpec, Warmup, new_run_dir
 from app.state import FIG5_COMMAND, KNOB_NAMES, UI_PRESETS, UIState, for_run, preset_available
 from core import figures
-from core.advft import AdvFTConfig, Snapshot
+from core.advft import Snapshot
 from core.data import DATASETS
-from core.device import pick_device
 from core.errors import UserError
 from core.knobs import MAIN, PAGE_KNOBS
 from core.runs import RunDir, RunError
-from core.training import PREVIEW_FIELDS, preview_snapshot, recorded_runs
+from core.training import PREVIEW_FIELDS, recorded_runs
 from core.victims import committed_victims, served_victim, victim_path
 
 LIVE_REFRESH_S = 0.3  # the live fragment; with PUBLISH_EVERY_S = 0.3 the page shows a new frame at most reruns
 WIDGETS = ("preset", "victim", *KNOB_NAMES)
-
-
-@st.cache_resource(show_spinner=False)
-def device():
-    return pick_device("auto")
-
-
-@st.cache_resource(show_spinner="Scoring M_R on the probe sets…", max_entries=8)
-def preview(victim: str, data_dir: str, preview_values: tuple) -> Snapshot:
-    """M_R before any training, kept here and on disk under <runs dir>/.cache (core.training.preview_snapshot),
-    keyed by the settings it depends on (PREVIEW_FIELDS), not by the training knobs."""
-    config = AdvFTConfig(**dict(zip(PREVIEW_FIELDS, preview_values)))
-    return preview_snapshot(victim, config, data_dir, device(), cache_dir=session.runs_dir() / ".cache")
 
 
 # ---------------------------------------------------------------- sidebar: the settings
@@ -54,21 +38,12 @@ def _preset(name: str, ui: UIState) -> UIState:
 
 
 def data_fallback(ui: UIState) -> UIState:
-    """Switch to the offline preset when the victim's dataset is not in the data dir."""
-    try:
-        dataset = session.victim_dataset(str(victim_path(ui.victim)))
-        problem = session.dataset_problem(dataset, str(session.data_dir()))
-    except UserError as e:
-        dataset, problem = None, str(e)
-    if problem is None:
+    """Switch to the offline preset when the victim's dataset is not in the data dir (said at the top)."""
+    missing = session.missing_dataset(ui.victim)
+    if missing is None:
         st.session_state.pop("data_notice", None)
         return ui
-    what = DATASETS[dataset].title if dataset else "The victim"
-    st.session_state.data_notice = (f"**{what} is not available here**, so the page switched to the *offline demo* "
-                                    f"preset (real handwritten digits that ship with scikit-learn; nothing to "
-                                    f"download). To use {what}, put its `.npz` in a folder and start the app with "
-                                    f"`ADVFT_DATA_DIR=that/folder streamlit run streamlit_app.py` (or let it "
-                                    f"download once online). Details: {views.plain(problem)}")
+    st.session_state.data_notice = views.data_notice(*missing)
     session.put_widgets(_preset("offline", ui), WIDGETS)
     return session.ui_state()
 
@@ -122,7 +97,7 @@ def _launch(spec: JobSpec, run_name: str) -> None:
 def start(ui: UIState) -> None:
     cfg = ui.config().validate()
     out = new_run_dir(session.runs_dir(), ui.preset, cfg)
-    _launch(JobSpec(str(victim_path(ui.victim)), cfg, out, ui.preset, str(session.data_dir()), str(device())), out.name)
+    _launch(JobSpec(str(victim_path(ui.victim)), cfg, out, ui.preset, str(session.data_dir()), str(session.device())), out.name)
 
 
 def resume(run: RunDir) -> None:
@@ -134,7 +109,7 @@ def resume(run: RunDir) -> None:
     except RunError as e:
         st.session_state.resume_error = str(e)
         return
-    _launch(JobSpec(saved.victim, saved.advft, run.path, saved.preset, str(session.data_dir()), str(device()),
+    _launch(JobSpec(saved.victim, saved.advft, run.path, saved.preset, str(session.data_dir()), str(session.device()),
                     resume=True), run.name)
 
 
@@ -168,38 +143,12 @@ def _job_for(ui: UIState) -> Job | None:
 
 
 def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
-    """Start / play-pause / step (Algorithm 1) / G +1 / F +1 / epoch / slow motion / resume / reset."""
-    v = job.view() if job else None
-    active = bool(v and v.active)
-    cols = st.columns([1.2, 1, 1, 1, 1, 1.2, 1.3, 1])
-    if not active:
-        cols[0].button("Start", type="primary", icon=":material/play_arrow:", on_click=start, args=(ui,),
-                       disabled=config_error is not None, key="t_start", width="stretch")
-    elif v.state == "paused":
-        cols[0].button("Play", type="primary", icon=":material/play_arrow:", on_click=job.play, key="t_play",
-                       width="stretch")
-    else:
-        cols[0].button("Pause", icon=":material/pause:", on_click=job.pause, key="t_pause", width="stretch",
-                       disabled=v.state in ("queued", "preparing"))
-    can_step = active and v.state in ("running", "paused")
-    step = job.step if job else None
-    for col, (label, kind, key, why) in zip(cols[1:5], (
-            (f"Step ({'G' if v and v.phase == 'G' else 'F'})" if can_step else "Step", "step", "t_step",
-             "The next step of Algorithm 1 (a G step while I_G steps remain in this epoch, then F)"),
-            ("G +1", "g", "t_g", "One extra generator update outside the schedule (GAN Lab's 'step G')"),
-            ("F +1", "f", "t_f", "One extra M_F update outside the schedule"),
-            ("Epoch", "epoch", "t_epoch", "Run to the end of this epoch, then pause"))):
-        col.button(label, on_click=step, args=(kind,), disabled=not can_step, key=key, width="stretch", help=why)
-    slow = cols[5].toggle("Slow motion", value=bool(v and v.slow), key="t_slow", disabled=not active,
-                          help="Publish every step and wait 0.25 s after it, to watch single steps")
-    if job and active and slow != v.slow:
-        job.set_slow_motion(slow)
+    """The transport row for the session's job (or Start), Resume for a resumable run on screen, Reset."""
     run = session.run_folder(ui.run) if ui.run else None
-    if not active and run is not None and run.summary().resumable:  # stopped, failed or interrupted
-        cols[6].button("Resume run", on_click=resume, args=(run,), key="t_resume", width="stretch",
-                       help="Continue this run from its last finished epoch (from epoch 0 if none finished)")
-    cols[7].button("Reset", on_click=reset, key="t_reset", width="stretch",
-                   help="Stop (the run folder keeps every finished epoch) and go back to M_R")
+    v = job.view() if job else None
+    resumable = not (v and v.active) and run is not None and run.summary().resumable  # stopped, failed, interrupted
+    views.transport(job, v, start=lambda: start(ui), resume=(lambda: resume(run)) if resumable else None, reset=reset,
+                    start_disabled=config_error is not None)
     if "resume_error" in st.session_state:
         st.error(views.plain(st.session_state.pop("resume_error")))
 
@@ -223,7 +172,7 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
         st.caption(f"Reopened run **{views.plain(run.name)}** · status: {summary.status} · "
                    f"{views.plain(summary.message)}")
     else:
-        recorded_picker()
+        views.recorded_picker(recorded_runs(), open_recorded)
 
     # Which snapshot to draw: live, a saved frame or epoch, or M_R before any training (preview).
     snapshot, history = (v.snapshot, list(v.snapshot.history)) if v and v.snapshot else (None, [])
@@ -246,8 +195,8 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
             st.info("Preparing the run (scoring M_R on the evaluation sets); meanwhile, M_R as it is:"
                     if v.state == "preparing" else "Waiting in the queue; meanwhile, M_R as it is:")
         try:
-            snapshot = preview(str(victim_path(ui.victim)), str(session.data_dir()),
-                               tuple(getattr(ui.advft, f) for f in PREVIEW_FIELDS))
+            snapshot = session.preview(str(victim_path(ui.victim)), str(session.data_dir()),
+                                       tuple(getattr(ui.advft, f) for f in PREVIEW_FIELDS))
         except Exception as e:  # a checkpoint or dataset that does not load: say so, keep the page
             st.error(f"Could not score the victim M_R: {views.plain(e)}")
             return
@@ -255,32 +204,11 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     draw(snapshot, history, ui, export, run, live=active)
 
 
-def recorded_picker() -> None:
-    """Before any run: the shipped recordings, one click away (they open without training)."""
-    runs = recorded_runs()
-    if runs:
-        cols = st.columns([2] + [1] * len(runs) + [3])
-        cols[0].caption("Or open a recorded run, no waiting:")
-        for col, run in zip(cols[1:], runs):
-            col.button(run.name.removeprefix("recorded-"), key=f"open_{run.name}", icon=":material/movie:",
-                       on_click=open_recorded, args=(run.name,), width="stretch")
-
-
-def axes(key: str, snapshot: Snapshot, kind: str, seed: int) -> tuple[figures.Projection, figures.Ranges]:
-    """Projection and fixed ranges, made once per run (or preview) from M_R's features, then kept."""
-    def build():
-        if snapshot.before.id.shape[1] > 2 and kind == "umap":
-            with st.spinner("Fitting UMAP on M_R's features (the first time compiles numba code: ~30 s)…"):
-                return figures.fixed_axes(snapshot, "umap", seed)
-        return figures.fixed_axes(snapshot, "pca", seed)
-    return session.held("axes", (key, kind), build)
-
-
 def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Export, run: RunDir | None,
          live: bool) -> None:
     name = ui.run or ui.victim
     classes = DATASETS[session.victim_dataset(str(victim_path(ui.victim)))].classes
-    proj, ranges = axes(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
+    proj, ranges = session.held_axes(ui.run or f"preview:{ui.victim}:{ui.seed}", snapshot, ui.proj, ui.seed)
     now = figures.panel_points(snapshot, proj, "after")
     ranges.extend(f"epoch {snapshot.epoch}", now.id, now.ood, now.gen)
     # Built once per run and look; each newer snapshot only swaps M_F's points in (refresh_fig5).
@@ -323,7 +251,7 @@ def main() -> None:
     ui = data_fallback(session.ui_state())
     try:  # a training process importing torch and building this trainer now, so that Start answers at once
         WORKERS.prestart(Warmup(str(victim_path(ui.victim)), ui.config().validate(), str(session.data_dir()),
-                                str(device())))
+                                str(session.device())))
     except UserError:
         WORKERS.prestart()
     job = _job_for(ui)
