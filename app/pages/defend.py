@@ -274,12 +274,19 @@ def transport(job: Job | None, ui: UIState, config_error: str | None) -> None:
 REPLAY_SPEEDS = (2, 5, 10, 20)  # frames per second
 
 
-def timeline(ui: UIState, run: RunDir | None, live: bool, active: bool = False):
+def timeline(ui: UIState, run: RunDir | None, live: bool, active: bool = False, running: bool = False):
     """The timeline: scrub the run's frames one by one (its epoch snapshots, for runs recorded before
     frames existed), or follow the live job. Returns 'live', ('frame', step), ('epoch', e) or None.
 
     `live`: the job's newest snapshot is at hand; `active`: a job of this run is working (the timeline then
-    follows it until the user moves the slider: app.timeline.shown)."""
+    follows it until the user moves the slider: app.timeline.shown); `running`: it is training now.
+
+    While the page itself moves the timeline (a replay, or following a running job) it is drawn as a
+    progress bar, not as the slider: a select_slider's value travels as an index into its options, and an
+    index the browser sent before it had drawn the newest options or value was read against them as a
+    move by the user (the slider's on_change), which stopped every replay after one frame and pinned a
+    live chart on its newest frame while the job trained on."""
+    st.session_state.timeline_on_screen = False  # until the slider is drawn below (see _choose_frame)
     if run is None:
         return "live" if live else None
     frames, epochs = run.frame_steps(), run.snapshot_epochs()
@@ -294,8 +301,8 @@ def timeline(ui: UIState, run: RunDir | None, live: bool, active: bool = False):
     key = f"timeline_{ui.run}"
     replay = st.session_state.get("replay")
     replaying = bool(replay and replay["run"] == ui.run)
-    st.session_state[key] = shown(options, st.session_state.get(key), wanted,
-                                  following=active and st.session_state.get("timeline_chosen") != ui.run,
+    following = active and st.session_state.get("timeline_chosen") != ui.run
+    st.session_state[key] = shown(options, st.session_state.get(key), wanted, following=following,
                                   replay_index=replay["index"] if replaying else None)  # a replay: one frame per rerun
 
     def parse(o: str):
@@ -315,6 +322,16 @@ def timeline(ui: UIState, run: RunDir | None, live: bool, active: bool = False):
 
     if len(options) == 1:
         return parse(options[0])
+    if replaying or (following and running):
+        value = st.session_state[key]
+        done = (options.index(value) + 1) / len(options)
+        text = (f"Replay: {label(value)}" if replaying else
+                f"Following the live run ({len(frames)} frames so far); pause to scrub them")
+        st.progress(done, text=text)
+        if replaying:
+            replay_controls(ui.run, len(options))
+        return parse(value)
+    st.session_state.timeline_on_screen = True
     raw = st.select_slider("Timeline (frame by frame)" if frames else "Timeline (saved epochs)", options,
                            key=key, format_func=label, on_change=_choose_frame, args=(ui.run, key))
     choice = parse(raw)
@@ -334,7 +351,11 @@ def _stop_replay() -> None:
 
 
 def _choose_frame(run_name: str, key: str) -> None:
-    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again)."""
+    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again).
+    Streamlit also calls this when the browser reports the slider's last value after the page has moved it
+    while the slider was not on screen (a replay, a followed run): no user did that, so it changes nothing."""
+    if not st.session_state.get("timeline_on_screen"):
+        return
     _stop_replay()
     if st.session_state.get(key) == "live":
         st.session_state.pop("timeline_chosen", None)
@@ -380,7 +401,8 @@ def live_area(export: views.Export, config_error: str | None, was_active: bool) 
     try:
         if run is not None and v is None and not run.path.is_dir():
             raise RunError(f"run '{run.name}' no longer exists under {run.path.parent}")
-        choice = timeline(ui, run, live=bool(v and v.snapshot is not None and v.active), active=bool(v and v.active))
+        choice = timeline(ui, run, live=bool(v and v.snapshot is not None and v.active), active=bool(v and v.active),
+                          running=bool(v and v.state in ("queued", "preparing", "running")))
         if choice == "live" or (v is not None and choice is None):
             snapshot = v.snapshot if v else None
             history = list(snapshot.history) if snapshot else []
