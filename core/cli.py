@@ -24,6 +24,7 @@ from .attacks import ATTACKS, DEFENCES, LABELS, SAMPLINGS, SURROGATES, AttackCon
 from .data import DATASETS, DataError, OOD_SOURCES, resolve_data_dir
 from .device import describe, pick_device
 from .errors import UserError
+from .grid import DEFAULT_THREADS, MAX_THREADS, threaded
 from .models import ARCHS, CheckpointError, load_model, save_model
 from .runs import RunError, atomic_write_json, list_runs, resolve_runs_dir
 from .training import RECORDED_FRAMES, one_line
@@ -360,6 +361,7 @@ def _run_cells(a, cells, out, device, executor):
     from .grid import run_grid
 
     bar = _progress(len(cells), f"{a.command} cells", "cell")
+    cells = threaded(cells, a.threads)
 
     def note(line: str) -> None:
         tqdm.write(line, file=sys.stderr)
@@ -412,7 +414,7 @@ def cmd_table(a) -> int:
     result = _run_cells(a, cells, out, device, executor)
     report = table_report(cells, result, methods, dataset=data.name, victim_arch=victim.arch)
     report.update({"victim": victim_name, "protected": a.protected, "scale": _scale(a), "device": _where(a, device, result),
-                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1),
+                   "executor": a.executor, "threads": a.threads, "seconds": round(time.perf_counter() - t0, 1),
                    "command": "python -m core " + " ".join(shlex.quote(x) for x in a.argv)})
     layout = PAPER_TABLES[attack.attack]["table"]
     title = (f"{layout} layout: {attack.attack} against AdvFT / DP / AM (simplified) / none, "
@@ -445,7 +447,7 @@ def cmd_sweep(a) -> int:
     else:
         report = margin_report(cells, result, advft, attack, data.name)
     report.update({"victim": victim_name, "scale": _scale(a), "device": _where(a, device, result),
-                   "executor": a.executor, "seconds": round(time.perf_counter() - t0, 1)})
+                   "executor": a.executor, "threads": a.threads, "seconds": round(time.perf_counter() - t0, 1)})
     name = f"sweep_{a.kind}"
     figure = figures.sweep_figure(plottable(report), "epoch" if a.kind == "epochs" else "margin")
     for line in write_experiment(out, name, report, figure):
@@ -466,7 +468,7 @@ def cmd_atlas(a) -> int:
     if a.bundle_only:  # the cells done so far (a grid still running elsewhere, or stopped): nothing runs
         from .grid import GridResult, load_records
 
-        result = GridResult(out, load_records(cells, out))
+        result = GridResult(out, load_records(threaded(cells, a.threads), out))
     else:
         result = _run_cells(a, cells, out, device, executor)
     command = "python -m core " + " ".join(shlex.quote(x) for x in a.argv)
@@ -673,6 +675,9 @@ def _grid_args(e: argparse.ArgumentParser) -> None:
                                          "part of), ray://HOST:10001 (Ray Client), or omitted: a local cluster")
     e.add_argument("--retries", type=_int_range(0, 10), default=1,
                    help="times a failed cell is run again before it is recorded failed (default %(default)s)")
+    e.add_argument("--threads", type=_int_range(1, MAX_THREADS), default=DEFAULT_THREADS,
+                   help="torch threads per cell on either executor (a Ray cell asks for as many CPUs); part of a "
+                        "cell's settings, since float results depend on it (default %(default)s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,10 +24,11 @@ def pick_device(requested: str = "auto") -> torch.device:
         raise ValueError(f"unknown device '{requested}'; use auto, cpu, cuda or mps") from None
 
 
-def describe(device: torch.device) -> str:
+def describe(device: torch.device, threads: int | None = None) -> str:
+    """The device in words; a CPU with its torch threads (this process's now, unless `threads` is given)."""
     if device.type == "cuda":
         return f"CUDA GPU ({torch.cuda.get_device_name(device)})"
     if device.type == "mps":
         return "Apple GPU (MPS)"
-    n = torch.get_num_threads()
+    n = torch.get_num_threads() if threads is None else threads
     return f"CPU ({n} thread{'s' if n != 1 else ''})"

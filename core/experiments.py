@@ -543,7 +543,8 @@ def write_experiment(out: Path, name: str, report: dict, figure, markdown: str |
                      html_page: str | None = None) -> list[str]:
     """<name>.csv, .json, .html (and .md when given, .png with kaleido) in `out`, atomically; returns
     notes for the user. `html_page` replaces the figure's own page (it should embed the figure)."""
-    rows = report["rows"]
+    # the thread count the rows were computed with, in every row of the CSV (float results depend on it)
+    rows = [{**r, "threads": report["threads"]} for r in report["rows"]] if "threads" in report else report["rows"]
     buf = io.StringIO()
     flat = [{k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()} for r in rows]
     writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in flat for k in r)) or ["empty"])
@@ -641,6 +642,9 @@ def table_notes(report: dict) -> list[str]:
     if len(report.get("seeds") or []) > 1:
         notes.append(f"Median over seeds {', '.join(map(str, report['seeds']))} for the rows that ran them "
                      "(each row's `seeds` in table.json; per-seed values under `per_seed`).")
+    if report.get("threads"):
+        notes.append(f"Computed on {report.get('device') or 'this machine'}, {report['threads']} torch threads per cell "
+                     "(--threads): float results depend on the thread count, so compare rows made with the same one.")
     if report.get("id_transfer"):
         notes.append("WARNING: the transfer set was the victim's own training distribution (allowed explicitly "
                      "with --allow-id-transfer): this is not an OOD attack.")

@@ -41,7 +41,7 @@ import socket
 import tempfile
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +56,11 @@ except ImportError:  # pragma: no cover
     fcntl = None
 
 ROOT = Path(__file__).resolve().parent.parent   # the folder that holds the `core` package
+# torch threads per cell, on either executor. Part of a cell's settings because float results depend on it:
+# the same cell gave a surrogate of 41.96% with 2 threads and 46.36% with 1 (the order of the sums differs),
+# and runs with equal thread counts are bit-identical. 2: the cores of the machines this project is built on.
+DEFAULT_THREADS = 2
+MAX_THREADS = 256
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+-]{0,99}")
 RESERVED = ("cells",)
 
@@ -87,7 +92,7 @@ class Cell:
     at_epochs: tuple[int, ...] = ()   # with advft: attack M_F after each of these epochs (default: the last)
     fidelity: bool = False            # also score honest users' answers on the whole train and test sets
     also: tuple[dict, ...] = ()       # more attacks (AttackConfig fields) run at each point after `attack`
-
+    threads: int = DEFAULT_THREADS    # torch threads the cell runs with, wherever it runs (see DEFAULT_THREADS)
 
     @property
     def kind(self) -> str:
@@ -157,13 +162,23 @@ def _quiet(message: str) -> None:
     pass
 
 
+def threaded(cells: list[Cell], threads: int) -> list[Cell]:
+    """The grid's cells with the thread count chosen for all of them (the CLI's --threads)."""
+    return [replace(c, threads=threads) for c in cells]
+
+
 # ---------------------------------------------------------------- running one attempt
 
 
 def _execute(run: Run, cell: Cell, folder: Path, data_dir, device, note, should_stop, victims) -> Outcome:
-    """One attempt at `cell` in `folder`, wherever this process is; never raises for the cell's own errors."""
+    """One attempt at `cell` in `folder`, wherever this process is, with the cell's torch threads (this
+    process's count is restored after); never raises for the cell's own errors."""
+    import torch
+
     t0 = time.perf_counter()
     where = {"host": socket.gethostname()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cell.threads)
     try:
         dev = pick_device(str(device))
         where["device"] = describe(dev)
@@ -172,12 +187,14 @@ def _execute(run: Run, cell: Cell, folder: Path, data_dir, device, note, should_
         return Outcome(ok=False, stopped=True, seconds=time.perf_counter() - t0, **where)
     except Exception as e:  # the cell's own failure (MemoryError included): recorded, the grid goes on
         return Outcome(ok=False, message=one_line(e), seconds=time.perf_counter() - t0, **where)
+    finally:
+        torch.set_num_threads(threads)
     return Outcome(ok=True, row=row, seconds=time.perf_counter() - t0, **where)
 
 
 class LocalExecutor:
-    """Cells one after another in this process, with its torch threads. `victims` maps a cell's victim
-    string to an already loaded (model, dataset); others are loaded on first use and kept."""
+    """Cells one after another in this process, each with its own thread count. `victims` maps a cell's
+    victim string to an already loaded (model, dataset); others are loaded on first use and kept."""
 
     slots = 1
 
@@ -185,8 +202,9 @@ class LocalExecutor:
         self.victims = dict(victims or {})
         self._next = None
 
-    def open(self, device) -> str:
-        return f"running the cells one after another in this process ({describe(pick_device(str(device)))})"
+    def open(self, device, threads: int = DEFAULT_THREADS) -> str:
+        return (f"running the cells one after another in this process "
+                f"({describe(pick_device(str(device)), threads)} per cell)")
 
     def submit(self, run: Run, cell: Cell, folder: Path, data_dir, device, note, should_stop) -> None:
         self._next = (run, cell, folder, data_dir, device, note, should_stop, time.perf_counter())
@@ -207,9 +225,6 @@ _WORKER_VICTIMS: dict = {}  # in a Ray worker process: (data dir, device) -> {vi
 
 def _remote_cell(run: Run, cell: Cell, data_dir, device) -> Outcome:
     """A Ray task: the cell in a temporary folder on this node; returns its row and its folder's files."""
-    import torch
-
-    torch.set_num_threads(1)  # the task asked Ray for one CPU; this also keeps CPU results equal to a 1-thread run
     victims = _WORKER_VICTIMS.setdefault((str(data_dir), str(device)), {})
     with tempfile.TemporaryDirectory(prefix="advft-cell-") as tmp:
         folder = Path(tmp) / cell.name
@@ -239,7 +254,7 @@ class RayExecutor:
         self.ray, self.address, self.num_cpus = ray, address, num_cpus
         self.slots, self._owns, self._remote, self._refs = 1, False, None, {}
 
-    def open(self, device) -> str:
+    def open(self, device, threads: int = DEFAULT_THREADS) -> str:
         ray = self.ray
         if not ray.is_initialized():
             # Workers import `core` from this checkout's path (the same path on every node); Ray's own
@@ -248,7 +263,9 @@ class RayExecutor:
             options = dict(runtime_env={"env_vars": {"PYTHONPATH": path}}, log_to_driver=False,
                            logging_level=logging.WARNING)
             if self.address is None:  # 'local': a new cluster here, even when `ray start` made one already
-                options.update(num_cpus=self.num_cpus, include_dashboard=False)
+                # CPUs are Ray's logical units: a machine with fewer cores than a cell's threads still runs it
+                cpus = max(self.num_cpus or os.cpu_count() or 1, threads)
+                options.update(num_cpus=cpus, include_dashboard=False)
             try:
                 ray.init(address=self.address or "local", **options)
             except Exception as e:
@@ -264,12 +281,18 @@ class RayExecutor:
         if not have.get(kind):
             raise GridError(f"the Ray cluster has no {kind}s (`ray status` lists what it has)"
                             + ("; use --device cpu, or add GPU nodes" if gpu else ""))
-        # One cell per GPU, or per CPU: in flight at most as many as the cluster can run at once, so
-        # 'running' on the progress bar means running, and retries queue behind the others.
-        self.slots = max(1, int(have[kind]))
-        self._remote = ray.remote(_remote_cell).options(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)
-        return (f"Ray: {int(have.get('CPU', 0))} CPUs, {int(have.get('GPU', 0))} GPUs; each cell asks for one {kind}, "
-                f"{self.slots} at a time")
+        widest = max((n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=0)
+        if widest < threads:
+            raise GridError(f"each cell runs with {threads} threads (--threads) and asks Ray for as many CPUs, but no "
+                            f"node of this cluster has more than {int(widest)}; use --threads {max(1, int(widest))} "
+                            "(the rows then differ from a run with more threads)")
+        # One cell per GPU, or per `threads` CPUs: in flight at most as many as the cluster can run at once,
+        # so 'running' on the progress bar means running, and retries queue behind the others.
+        self.slots = max(1, int(have[kind]) if gpu else int(have[kind]) // threads)
+        self._remote = ray.remote(_remote_cell).options(num_cpus=threads, num_gpus=1 if gpu else 0, max_retries=0)
+        return (f"Ray: {int(have.get('CPU', 0))} CPUs, {int(have.get('GPU', 0))} GPUs; each cell asks for "
+                f"{'one GPU and ' if gpu else ''}{threads} CPU{'s' if threads != 1 else ''} and runs with as many "
+                f"torch threads, {self.slots} at a time")
 
     def submit(self, run: Run, cell: Cell, folder: Path, data_dir, device, note, should_stop) -> None:
         ref = self._remote.remote(run, cell, data_dir, str(device))
@@ -403,10 +426,17 @@ def load_records(cells: list[Cell], out: Path) -> dict[str, dict]:
         if not (isinstance(record, dict) and record.get("status") in ("done", "failed")):
             record = None  # absent, or a damaged file: the cell runs again
         settings = c.to_dict() if record is None else _as_recorded(c.to_dict(), record.get("cell"))
+        if record is not None and isinstance(record.get("cell"), dict) and "threads" not in record["cell"]:
+            # recorded before cells had a thread count: the one it ran with is in its device ("CPU (2 threads)")
+            ran = re.search(r"\((\d+) threads?\)", str(record.get("device", "")))
+            record = {**record, "cell": {**record["cell"], "threads": int(ran[1]) if ran else c.threads}}
         if record is not None and record.get("cell") != settings:
             if record["status"] == "done":
+                what = _difference(record.get("cell"), settings) or "settings"
+                hint = (f" (it ran with {record['cell'].get('threads')}: pass --threads "
+                        f"{record['cell'].get('threads')} to resume this grid)" if what == "threads" else "")
                 raise GridError(f"'{out}' already holds cell '{c.name}' run with other settings "
-                                f"({_difference(record.get('cell'), settings) or 'settings'} differs); choose another "
+                                f"({what} differs{hint}); choose another "
                                 f"--out, or delete '{out / 'cells' / (c.name + '.json')}' to run it again")
             record = None  # a failed cell with other settings: this grid's version runs instead
         if record is not None:
@@ -472,7 +502,7 @@ def run_grid(cells: list[Cell], out: str | Path, run: Run, executor=None, *, dat
         if pending and not stop():
             executor = executor or LocalExecutor()
             try:
-                note(executor.open(device))
+                note(executor.open(device, max(c.threads for c in pending)))
                 stopped = _run_pending(pending, out, run, executor, data_dir, device, retries, note, stop, state,
                                        report, records)
             finally:

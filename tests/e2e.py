@@ -86,7 +86,7 @@ def chromium_page(downloads: Path | None = None):
             browser.close()
 
 
-def wait_loaded(page, timeout_ms: int = 90_000) -> None:
+def wait_loaded(page, timeout_ms: int = 240_000) -> None:
     """What Streamlit's own e2e suite waits for, then the Fig. 5 panels."""
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
     page.wait_for_function(FIG5_DRAWN, timeout=timeout_ms)
@@ -117,7 +117,7 @@ def job_state(page) -> str:
     return el.first.inner_text() if el.count() else ""
 
 
-def wait_state(page, states: tuple[str, ...], timeout_ms: int = 90_000) -> None:
+def wait_state(page, states: tuple[str, ...], timeout_ms: int = 240_000) -> None:
     page.wait_for_function(
         "states => { const e = document.querySelector('.advft-status span.advft-chip');"
         " return !!e && states.includes(e.textContent.trim()); }", arg=list(states), timeout=timeout_ms)

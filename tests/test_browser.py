@@ -189,3 +189,31 @@ def test_a_closed_tab_stops_its_job_and_no_process_outlives_the_server(data_dir,
         server = int(Path(f"/proc/{worker}/stat").read_text().split(")")[1].split()[1])  # its parent
         os.kill(server, signal.SIGKILL)
         assert _wait_until(lambda: not (workers & _worker_pids()), 60), "a training process outlived the server"
+
+
+@needs_chromium
+def test_a_recorded_run_replays_every_frame_to_the_end(data_dir, tmp_path):
+    """Play on a recorded run: the chart draws its frames one after another to the last, then Play is back."""
+    from core.training import recorded_runs
+
+    run = next(r for r in recorded_runs() if r.name == "recorded-lecture")
+    steps = run.frame_steps()
+    env = {"ADVFT_DATA_DIR": str(data_dir), "ADVFT_RUNS_DIR": str(tmp_path / "runs")}
+    with streamlit_server(env, tmp_path / "server.log") as (url, _), chromium_page() as page:
+        page.goto(url + "/?run=recorded-lecture")
+        wait_loaded(page)
+        page.wait_for_function(f"() => ({DRAWN_STEP})() === {steps[-1]}", timeout=60_000)  # a link shows the end
+        # The steps the chart draws, in order, as the page sees them (a replay moves faster than a test polls).
+        page.evaluate(f"""() => {{ window.__drawn = [];
+            setInterval(() => {{ const s = ({DRAWN_STEP})(), q = window.__drawn;
+                                 if (s !== null && q[q.length - 1] !== s) q.push(s); }}, 20); }}""")
+        page.get_by_role("button", name="Play", exact=True).click()
+        page.wait_for_function(f"""() => {{ const q = window.__drawn, i = q.indexOf({steps[0]});
+                                            return i >= 0 && q.slice(i).includes({steps[-1]}); }}""", timeout=300_000)
+        drawn = page.evaluate("() => window.__drawn")
+        replayed = drawn[drawn.index(steps[0]):drawn.index(steps[-1], drawn.index(steps[0])) + 1]
+        assert replayed == sorted(replayed) and set(replayed) <= set(steps), replayed  # forwards, through its frames
+        assert len(replayed) >= len(steps) // 2, f"the replay drew {len(replayed)} of {len(steps)} frames: {replayed}"
+        page.get_by_role("button", name="Stop replay").wait_for(state="detached", timeout=60_000)  # it ended itself
+        assert page.locator("[data-testid='stException']").count() == 0
+    assert "Traceback" not in (tmp_path / "server.log").read_text()
