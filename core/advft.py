@@ -50,7 +50,7 @@ class TrainingDiverged(UserError, RuntimeError):
 
 @dataclass
 class AdvFTConfig:
-    margin: float = 10.0          # m in eq. (2), in units of the penultimate features
+    margin: float = 10.0          # m in eq. (2) (its scale: core/knobs.py)
     epochs: int = 6               # N
     i_g: int = 50                 # generator steps per epoch
     i_f: int = 150                # model steps per epoch

@@ -80,6 +80,10 @@ def test_presets_fill_the_controls_and_the_url(env):
     at = defend()
     no_exception(at)
     assert number(at, "Margin m").value == 30.0 and number(at, "I_G (G steps/epoch)").value == 25
+    from core.knobs import PAGE_KNOBS  # one widget per knob of the registry, keyed w_<name>
+
+    widgets = {w.key for kind in ("number_input", "selectbox", "toggle", "text_input") for w in getattr(at, kind)}
+    assert {f"w_{k.name}" for k in PAGE_KNOBS} <= widgets
     assert len(app_charts(at)) == 3  # Fig. 5 panels, generator grid, curves: drawn before any run
     at.selectbox(key="w_preset").set_value("paper").run()
     no_exception(at)

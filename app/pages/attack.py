@@ -24,6 +24,7 @@ from core import figures
 from core.advft import PRESETS
 from core.attacks import ATTACKS, AttackConfig, DefenceConfig
 from core.errors import UserError
+from core.knobs import BY_NAME
 from core.experiments import AM_SIMPLIFIED, column_names, formatted, with_before
 from core.victims import committed_victims, victim_path
 
@@ -106,7 +107,7 @@ with st.container(border=True):
                             index=victims.index(lecture_victim) if lecture_victim in victims else 0)
     p_margin = p2.select_slider("Margin m", options=[0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0],
                                 value=10.0, key="p_margin",
-                                help="In feature units: the committed 2-D LeNet's features have norms of ~50")
+                                help=BY_NAME["margin"].help)
     p_epochs = p3.number_input("Epochs N", 1, 50, 6, key="p_epochs")
     protect = p4.button("Protect & attack", disabled=busy, key="p_go", icon=":material/shield:")
 
