@@ -1,4 +1,4 @@
-"""Does the `lecture` preset protect convincingly? (issue 10, item 7). One table, targets checked in the same run.
+"""Does the `lecture` preset protect convincingly? One table, targets checked in the same run.
 
     ADVFT_DATA_DIR=/work/shared/data python3 bench/bench_lecture.py [--seeds 3] [--out DIR] [-- ADVFT FLAGS]
 

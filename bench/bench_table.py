@@ -1,4 +1,4 @@
-"""Benchmark of issue 9: the paper's Tables 2-3 (MNIST rows) with the paper's victim, converged thieves and
+"""Benchmark of the paper's Tables 2-3 (MNIST rows) with the paper's victim, converged thieves and
 fair baselines. One table, with the commands it ran, the machine, and every target checked.
 
     ADVFT_DATA_DIR=../shared/data python3 bench/bench_table.py [--seeds 3] [--pieces knockoff,dfme] [--out DIR]
@@ -9,7 +9,7 @@ It runs two `table` commands (each a grid of cells, resumable: rerun with the sa
    --seed-rows advft,none --out OUT/knockoff`: the committed full-width mnist_lenet victim, 50k soft CIFAR-10
    queries trained until the surrogate's test accuracy stops improving (scale cpu), AdvFT with the
    table-mnist preset; medians over the seeds for the AdvFT and unprotected rows, one seed for DP and AM.
-   Targets (issue 9): unprotected best >= 95% (paper 98.90%); against AdvFT <= 30% (paper 21.33%) with
+   Targets: unprotected best >= 95% (paper 98.90%); against AdvFT <= 30% (paper 21.33%) with
    Acc_MF >= Acc_MR - 0.1 points and KL_test <= 2e-3 (paper 1.6e-3); AdvFT's time <= 15 minutes per run;
    DP's KL about 1.7 and its surrogate near the paper's 80.83%; one seed of the whole table <= 45 minutes.
 2. DFME block: `python -m core table --preset table-mnist --attack dfme --rows advft,none --out OUT/dfme`

@@ -76,6 +76,7 @@ def test_for_run_reopens_with_the_runs_own_settings():
 # ---------------------------------------------------------------- Defend page
 
 
+@pytest.mark.slow
 def test_presets_fill_the_controls_and_the_url(env):
     at = defend()
     no_exception(at)
@@ -117,6 +118,7 @@ def test_out_of_range_input_shows_the_engines_message(env):
     assert at.button(key="t_start").disabled
 
 
+@pytest.mark.slow
 def test_missing_dataset_falls_back_to_offline_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("ADVFT_DATA_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("ADVFT_RUNS_DIR", str(tmp_path / "runs"))
@@ -128,6 +130,7 @@ def test_missing_dataset_falls_back_to_offline_preset(tmp_path, monkeypatch):
     assert len(app_charts(at)) == 3
 
 
+@pytest.mark.slow
 def test_start_records_a_run_and_reset_stops_it(env):
     at = defend({"epochs": "1", "i_g": "2", "i_f": "400", "seed": "1"})
     at.button(key="t_start").click().run()
@@ -289,6 +292,7 @@ def test_wide_model_panels_use_a_fixed_pca(mnist, cifar_probe):
     assert json.loads(fig.to_json())["data"]
 
 
+@pytest.mark.slow
 def test_live_refresh_matches_a_rebuild(mnist, victim, cifar_probe):
     """The live view swaps M_F's points into the figure instead of rebuilding it: same result."""
     from core.advft import AdvFT
@@ -309,6 +313,7 @@ def test_live_refresh_matches_a_rebuild(mnist, victim, cifar_probe):
 
 
 @pytest.mark.skipif(not plots.static_export_status()[0], reason="kaleido or Chromium not installed")
+@pytest.mark.slow
 def test_server_side_export_renders_the_fig5_panels(mnist_small, victim, cifar_probe):
     from core.advft import AdvFT
 
@@ -364,6 +369,7 @@ def test_recorded_runs_open_without_training_and_stay_small(env):
     assert len(app_charts(at)) >= 3 and not list(env.glob("*/config.json"))  # drawn; no run trained
 
 
+@pytest.mark.slow
 def test_record_keeps_a_compact_copy_of_a_finished_run(recorded_run, tmp_path, monkeypatch):
     from core import advft
     from core.runs import RunError

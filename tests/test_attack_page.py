@@ -12,6 +12,7 @@ from core.experiments import TABLE_COLUMNS
 from tests.conftest import ROOT
 
 ENTRY = str(ROOT / "streamlit_app.py")
+pytestmark = pytest.mark.slow  # each launches real work in the worker process
 
 
 def open_page() -> AppTest:

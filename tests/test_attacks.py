@@ -61,6 +61,7 @@ def test_dp_keeps_top1_and_returns_a_different_distribution(victim, mnist, cifar
     assert torch.isfinite(dp.perturb(torch.eye(10))).all()
 
 
+@pytest.mark.slow
 def test_am_switches_on_its_threshold(victim, mnist):
     mis = train_misinformation_model(victim, mnist, steps=100, seed=0)
     x = to_float(mnist.x_test[:300])
@@ -96,6 +97,7 @@ def test_defence_config_errors_are_readable():
 
 @pytest.mark.parametrize("sampling, labels", [("random", "soft"), ("adaptive", "soft"), ("random", "hard"),
                                               ("adaptive", "hard")])
+@pytest.mark.slow
 def test_knockoff_end_to_end(victim, mnist, data_dir, sampling, labels):
     seen = []
     r = run_attack(victim, mnist, AttackConfig(**KO, sampling=sampling, labels=labels, seed=1), data_dir=data_dir,
@@ -123,6 +125,7 @@ def test_knockoff_is_deterministic_and_falls_back_offline(victim, mnist, tmp_pat
 
 
 @pytest.mark.parametrize("labels", ["soft", "hard"])
+@pytest.mark.slow
 def test_dfme_end_to_end_with_exact_accounting(victim, mnist, labels):
     # iterations of 32 x (1 x 2 + 5) queries; soft needs ~150 before the student leaves its first
     # one-class answer on the committed victim (17% at 150, 19% at 300), hard is checked differently

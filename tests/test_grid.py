@@ -118,6 +118,7 @@ def test_the_same_command_gives_the_same_csv_rows_on_either_executor(small_data_
     assert again.returncode == 2 and "threads differs" in again.stderr and "--threads 2" in again.stderr
 
 
+@pytest.mark.slow
 def test_a_failed_cell_is_retried_recorded_and_rerun_alone(small_data_dir, tmp_path):
     late = tmp_path / "late.pt"  # the victim of one cell does not exist yet
     advft = margin_cells(str(MNIST_VICTIM), tiny_config(), TINY_ATTACK, [5.0])[0]
@@ -169,6 +170,7 @@ def test_a_failed_cell_is_retried_recorded_and_rerun_alone(small_data_dir, tmp_p
     assert calls == ["m20"]
 
 
+@pytest.mark.slow
 def test_the_cli_resumes_and_never_imports_ray(small_data_dir, tmp_path):
     """`sweep` twice with the same --out: the second run skips the finished cell and writes the same CSV;
     the default executor never imports Ray."""

@@ -62,6 +62,7 @@ def bad_files(tmp_path_factory):
 # ---------------------------------------------------------------- the command line
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_values_before_any_work(tmp_path):
     for args, words in [
         (["advft", "--seed", "99999999999999999999999", "--out", tmp_path / "a"], ["--seed", "seed must be an integer from 0"]),
@@ -74,6 +75,7 @@ def test_cli_refuses_bad_values_before_any_work(tmp_path):
         assert not (tmp_path / "a").exists()
 
 
+@pytest.mark.slow
 def test_cli_checks_out_before_the_work(tmp_path, bad_files, small_data_dir):
     # With a data folder that lacks MNIST, any work started before the --out check would fail on the data
     # instead: the --out message proves the check comes first (refused up front, not after an attack).
@@ -97,6 +99,7 @@ def test_cli_checkpoints_say_what_is_wrong_and_never_run_code(tmp_path, bad_file
     assert not (bad_files / "CODE-RAN").exists()
 
 
+@pytest.mark.slow
 def test_cli_names_a_committed_victim_and_an_empty_transfer_set(tmp_path, bad_files, small_data_dir):
     code, out, err = cli("advft", "--victim", "mnist_lenet2d", *TINY, "--out", tmp_path / "r",
                          "--data-dir", small_data_dir)
@@ -107,6 +110,7 @@ def test_cli_names_a_committed_victim_and_an_empty_transfer_set(tmp_path, bad_fi
                 "empty-transfer.npz")
 
 
+@pytest.mark.slow
 def test_cli_datasets_are_checked_where_they_are_read(tmp_path, data_dir):
     with np.load(data_dir / "mnist.npz") as z:
         good = {k: z[k][:200] for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -159,6 +163,7 @@ def _kill_when(cmd, out: Path, ready, env, timeout=120) -> None:
 
 
 @pytest.mark.parametrize("moment", ["config written", "epoch 1 saved", "mid-epoch 2"])
+@pytest.mark.slow
 def test_kill_9_leaves_a_run_that_resumes(moment, tmp_path, small_data_dir):
     out = tmp_path / "run"
     ready = {"config written": lambda o: (o / "status.json").is_file(),
@@ -176,6 +181,7 @@ def test_kill_9_leaves_a_run_that_resumes(moment, tmp_path, small_data_dir):
     assert not list(out.glob(".*.tmp")) and not list(out.glob("snapshots/.*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_kill_during_the_first_state_write_resumes_from_epoch_0(tmp_path, small_data_dir):
     """What a kill -9 inside the first atomic write of state.pt leaves: model.pt of epoch 1, a torn
     temporary, no state.pt, status 'running'. (The real kill lands there only by luck; this is the state.)"""
@@ -288,6 +294,7 @@ def test_one_writer_per_run_across_tabs_and_no_deleting_a_live_run(env, data_dir
     assert RunDir(env / "shared").status()["status"] == "stopped"
 
 
+@pytest.mark.slow
 def test_a_closed_tab_frees_its_slot_within_seconds(env, data_dir):
     slots = JobSlots(1)
     cfg = tiny_config(epochs=50, i_g=1, i_f=400)
@@ -315,6 +322,7 @@ def test_a_deployed_app_shows_short_errors_and_skips_the_per_run_gc():
     assert "streamlit run streamlit_app.py" in (ROOT / "Procfile").read_text()
 
 
+@pytest.mark.slow
 def test_the_preview_cache_is_bounded_and_served_victims_stay_inside(tmp_path, data_dir, monkeypatch):
     from core import training, victims
 

@@ -57,6 +57,7 @@ def test_drive_finishes_and_writes_metrics(trainer, tmp_path, monkeypatch):
     assert run.run.summary().epoch == 2 and run.run.snapshot_epochs() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_drive_records_stop_failure_and_interrupt(victim, mnist_small, cifar_probe, tmp_path, monkeypatch):
     def fresh(name):
         t = advft.AdvFT(victim, tiny_config(epochs=2, i_g=1, i_f=2), mnist_small, cifar_probe)
@@ -122,6 +123,7 @@ def test_cli_records_an_unexpected_failure_and_resumes_from_scratch(tmp_path, ca
     assert status(out)["status"] == "finished" and not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_experiments_record_finished_stopped_and_failed(victim, mnist_small, data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(advft.AdvFT, "metrics", lambda self: dict(self.history[-1], epochs_done=self.epoch))
     cfg = tiny_config(epochs=2, i_g=1, i_f=2)
@@ -157,6 +159,7 @@ def _wait(job: Job, states, seconds=60) -> None:
     assert job.view().state in states, job.view()
 
 
+@pytest.mark.slow
 def test_app_job_records_finished_stopped_and_failed(tmp_path, small_data_dir):
     """The job trains in a child process (a fresh interpreter: nothing can be monkeypatched into it), so
     its failures here are real ones: a victim that does not load, a run folder deleted underneath."""

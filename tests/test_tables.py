@@ -222,6 +222,7 @@ def test_presets_whose_victim_is_missing_say_how_to_train_it(monkeypatch, tmp_pa
 # ---------------------------------------------------------------- the table command
 
 
+@pytest.mark.slow
 def test_table_command_end_to_end(tmp_path, capsys):
     """The whole row block on the offline digits (an empty data dir): two seeds for the none row, files in
     four formats, best as the headline, and a hard-label table that says its KL is the soft answers'."""
