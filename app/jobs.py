@@ -230,7 +230,7 @@ class JobView:
 
 @dataclass
 class Worker:
-    """A training process (`python -m app.worker`) and the two pipes to it."""
+    """A worker process (`python -m app.worker`) and the two pipes to it."""
 
     process: subprocess.Popen
     commands: Connection   # to the child
@@ -286,9 +286,9 @@ class Warmup:
 
 
 class WorkerPool:
-    """Keeps one spare training process waiting with torch and the engine imported (~1-3 s on a 2-core
+    """Keeps one spare worker process waiting with torch and the engine imported (~1-3 s on a 2-core
     CPU) and the page's next trainer built (Warmup), so that Start shows a moving M_F within seconds.
-    The spare is made and warmed only while none of this pool's jobs trains: on a CPU it would take the
+    The spare is made and warmed only while none of this pool's work runs: on a CPU it would take the
     core the job runs on."""
 
     def __init__(self):

@@ -63,8 +63,8 @@ def send(conn, kind: str, **changes) -> None:
 
 
 def _wait_for_spec(commands: Connection) -> tuple[object, tuple | None]:
-    """The spec (a JobSpec or a TaskSpec), and (Warmup key, trainer) for the last Warmup before it. A Warmup followed at once by
-    a newer one is skipped unbuilt (the page sends one per settings change); one followed by the spec is
+    """The spec (a JobSpec or a TaskSpec), and (Warmup key, trainer) for the last Warmup before it. A Warmup
+    followed at once by a newer one is skipped unbuilt (the page sends one per settings change); one followed by the spec is
     built (most likely the spec's own trainer: no time lost). One that fails to build (a missing victim,
     data not on disk) is dropped: the job then builds its trainer itself and reports the error."""
     warm: tuple | None = None
