@@ -174,7 +174,8 @@ def advft_config(a) -> AdvFTConfig:
     """The preset's config with every AdvFT option the command has and the user gave."""
     options = {"margin": "margin", "epochs": "epochs", "i_g": "ig", "i_f": "if", "seed": "seed",
                "batch_size": "batch_size", "lr_g": "lr_g", "lr_f": "lr_f", "distance": "distance",
-               "fake_reduce": "fake_reduce", "lr_schedule": "lr_schedule", "ood": "ood"}
+               "fake_reduce": "fake_reduce", "lr_schedule": "lr_schedule", "ood": "ood", "latent_dim": "latent_dim",
+               "gen_width": "gen_width"}
     overrides = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
     if getattr(a, "allow_id_transfer", False):
         overrides["allow_id_ood"] = True
@@ -597,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--distance", choices=["l2", "l2sq"], help="l2: authors' code; l2sq: the paper's equations")
     v.add_argument("--fake-reduce", choices=["mean", "median"])
     v.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    v.add_argument("--latent-dim", type=int, help="the generator's latent size (the authors' DFME generator: 256)")
+    v.add_argument("--gen-width", type=int, help="the generator's channels ngf (the authors' DFME generator: 64)")
     v.add_argument("--ood", choices=list(OOD_SOURCES), help="OOD probe set for plots and OOD metrics")
     v.add_argument("--allow-id-transfer", action="store_true",
                    help="allow an --ood source that is the victim's own training distribution (refused otherwise)")
