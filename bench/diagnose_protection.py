@@ -8,6 +8,11 @@ Columns: the median penultimate feature norm under M_R and M_F; the mean feature
 it in the frozen head's row space (the only part that changes the logits, hence the answers); the median
 top probability under M_R and M_F; top-1 agreement; the correlation of M_R's and M_F's logits (what a
 soft-label thief copies). Seeds and image counts are fixed, so two runs print the same numbers.
+
+    ... diagnose_protection.py --epochs RUN_DIR [RUN_DIR ...]
+
+prints, epoch by epoch from a run folder's history, the OOD shift, the part the head sees and the share in
+its null space (1 - seen / shift, as in the table above), with OOD agreement, Acc_MF and KL_test.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 from core.data import load_ood, resolve_data_dir  # noqa: E402
 from core.metrics import outputs  # noqa: E402
 from core.models import load_model  # noqa: E402
+from core.runs import RunDir  # noqa: E402
 from core.training import load_victim  # noqa: E402
 
 
@@ -49,12 +55,31 @@ def describe(victim: str, protected: str, data_dir, n: int) -> list[str]:
     return lines
 
 
+def per_epoch(run_dir: str) -> list[str]:
+    """The run's history, one line per epoch: where its OOD shift went (engine's eval_ood_size OOD images)."""
+    run = RunDir(run_dir)
+    lines = []
+    for h in run.history()[1:]:
+        seen = h.get("ood_shift_head")
+        null = "-" if seen is None or not h["ood_shift"] else f"{1 - seen / h['ood_shift']:.0%}"
+        lines.append(f"| {run.name} | {h['epoch']} | {h['ood_shift']:.1f} | {'-' if seen is None else f'{seen:.1f}'} "
+                     f"| {null} | {h['ood_agreement']:.3f} | {100 * h['acc_after']:.2f}% | {h['kl_test']:.1e} |")
+    return lines
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("pairs", nargs="+", help="VICTIM M_F_MODEL, repeated")
+    p.add_argument("pairs", nargs="+", help="VICTIM M_F_MODEL, repeated (with --epochs: run folders)")
     p.add_argument("--images", type=int, default=5000, help="images per set")
+    p.add_argument("--epochs", action="store_true", help="per-epoch lines from run folders' histories")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args()
+    if a.epochs:
+        print("| run | epoch | OOD shift | of which the head sees | in its null space | OOD agreement | Acc_MF | KL_test |")
+        print("|---|---|---|---|---|---|---|---|")
+        for run in a.pairs:
+            print("\n".join(per_epoch(run)))
+        return 0
     if len(a.pairs) % 2:
         p.error("give pairs: VICTIM M_F_MODEL [VICTIM M_F_MODEL ...]")
     data_dir = resolve_data_dir(a.data_dir)

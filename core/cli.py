@@ -393,18 +393,20 @@ def _where(a, device, result) -> str:
 
 def cmd_table(a) -> int:
     from . import figures
-    from .experiments import (PAPER_TABLES, TABLE_METHODS, plottable, table_cells, table_html, table_markdown,
-                              table_report, write_experiment)
+    from .experiments import (PAPER_TABLES, TABLE_METHODS, plottable, protected_path, table_cells, table_html,
+                              table_markdown, table_report, write_experiment)
     from .training import check_ood
 
     out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
     methods = tuple(a.rows) if a.rows else TABLE_METHODS
     protected = None
     if a.protected:
-        model = load_model(a.protected, "cpu")
-        if (model.arch, model.dataset) != (victim.arch, victim.dataset):
-            raise CheckpointError(f"'{a.protected}' is a {model.arch} on {model.dataset}, "
-                                  f"the victim a {victim.arch} on {victim.dataset}")
+        for seed in a.seeds or [a.seed]:  # each seed's model, when the path names {seed}
+            path = protected_path(a.protected, seed)
+            model = load_model(path, "cpu")
+            if (model.arch, model.dataset) != (victim.arch, victim.dataset):
+                raise CheckpointError(f"'{path}' is a {model.arch} on {model.dataset}, "
+                                      f"the victim a {victim.arch} on {victim.dataset}")
         protected = _portable(a.protected)
     advft = None if protected or "advft" not in methods else advft_config(a)
     if advft is not None:
@@ -628,7 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "paper for paper, else toy")
         knobs.add_flags(e, skip=("seed", "allow_id_ood"))  # --seed and --allow-id-transfer: the attack's options
         if name == "table":
-            e.add_argument("--protected", help="an existing protected model.pt for the AdvFT row (skips running AdvFT)")
+            e.add_argument("--protected", help="an existing protected model.pt for the AdvFT row (skips running AdvFT); "
+                                               "with --seeds, a path with {seed} in it names each seed's model "
+                                               "(e.g. runs/tm/s{seed}/model.pt)")
             e.add_argument("--rows", type=_csv_rows, help=f"rows to run (default all: {','.join(TABLE_METHODS)})")
             e.add_argument("--seeds", type=_csv_seeds,
                            help="run the rows once per seed (e.g. 0,1,2) and report each row's median (default: --seed)")

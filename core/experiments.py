@@ -229,12 +229,18 @@ def plottable(report: dict) -> dict:
 # ---------------------------------------------------------------- Tables 2/3
 
 
+def protected_path(pattern: str, seed: int) -> str:
+    """A protected model's path for one seed: `pattern` with {seed} replaced (a path without it is every seed's)."""
+    return str(pattern).replace("{seed}", str(seed))
+
+
 def table_cells(victim: str, attack: AttackConfig, advft: AdvFTConfig | None = None, protected: str | None = None,
                 defence: DefenceConfig | None = None, methods=TABLE_METHODS, seeds: list[int] | None = None,
                 seed_rows=None) -> list[Cell]:
     """The table as a grid: `before` (the attack on the unprotected victim: the none row and every row's
-    Acc_MS before), then a cell per other row. The AdvFT row attacks `protected` when given, else runs
-    AdvFT with `advft` (default: the lecture preset) into the run folder `advft`.
+    Acc_MS before), then a cell per other row. The AdvFT row attacks `protected` when given (a model path;
+    {seed} in it names each seed's model: protected_path), else runs AdvFT with `advft` (default: the lecture
+    preset) into the run folder `advft`.
 
     seeds: run every row once per seed (the seed of the attack, of AM's misinformation model and of
     AdvFT), cells named <row>-s<seed>; the report gives each row's median. seed_rows: the rows that get
@@ -268,7 +274,8 @@ def table_cells(victim: str, attack: AttackConfig, advft: AdvFTConfig | None = N
             cells.append(Cell(name("before", seed), victim, a, none, fidelity=True))
         for method in wanted:
             if method == "advft" and protected is not None:
-                cells.append(Cell(name("advft", seed), victim, a, none, target=str(protected), fidelity=True))
+                cells.append(Cell(name("advft", seed), victim, a, none, target=protected_path(protected, seed),
+                                  fidelity=True))
             elif method == "advft":
                 cells.append(Cell(name("advft", seed), victim, a, none, advft=asdict(replace(config, seed=seed)
                                                                                     if seeds is not None else config),

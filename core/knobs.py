@@ -48,8 +48,8 @@ DOCS: dict[str, Doc] = {
     "ood": Doc(help="OOD probe set for the plots and the OOD metrics", place=CLI_ONLY),
     "allow_id_ood": Doc(help="allow an --ood source that is the victim's own training distribution "
                         "(refused otherwise)", flag="--allow-id-transfer", place=CLI_ONLY),
-    "latent_dim": Doc(help="the generator's latent size", place=CLI_ONLY),
-    "gen_width": Doc(help="the generator's channels (ngf)", place=CLI_ONLY),
+    "latent_dim": Doc(help="the generator's latent size (the authors' DFME generator: 256)", place=CLI_ONLY),
+    "gen_width": Doc(help="the generator's channels ngf (the authors' DFME generator: 64)", place=CLI_ONLY),
     "probe_size": Doc(help="ID and OOD points drawn in the feature plots", place=CLI_ONLY),
     "eval_train_size": Doc(help="training images KL_train is measured on each epoch", place=CLI_ONLY),
     "eval_ood_size": Doc(help="OOD images for ood_shift and ood_agreement", place=CLI_ONLY),

@@ -4,6 +4,8 @@
 - kl_train / kl_test: mean KL(P_R || P_F) of the softmax outputs over train / test images (this
   direction reproduces the paper's DP figures, see ../shared/notes)
 - id_shift / ood_shift: mean ||F_F(x) - F_R(x)|| of the penultimate features on ID test / OOD images
+- ood_shift_head: the same for the part of the OOD shift in the frozen head's row space, the only part that
+  changes a logit (on a 500-D layer with 10 classes, a shift can be large and change no answer at all)
 - ood_agreement: fraction of OOD images on which M_R and M_F give the same top-1 class
 """
 
@@ -47,6 +49,16 @@ def feature_shift(f_ref: torch.Tensor, f_new: torch.Tensor) -> float:
     return float((f_new - f_ref).norm(dim=1).mean())
 
 
+def head_basis(head: torch.nn.Linear) -> torch.Tensor:
+    """An orthonormal basis (columns) of the head's row space: a feature shift outside it moves no logit."""
+    return torch.linalg.qr(head.weight.detach().float().cpu().T)[0]
+
+
+def shift_seen_by_head(f_ref: torch.Tensor, f_new: torch.Tensor, basis: torch.Tensor) -> float:
+    """Mean norm of the feature shift's part in the head's row space (`basis` from head_basis)."""
+    return float(((f_new - f_ref) @ basis).norm(dim=1).mean())
+
+
 def agreement(logits_a: torch.Tensor, logits_b: torch.Tensor) -> float:
     return float((logits_a.argmax(1) == logits_b.argmax(1)).float().mean())
 
@@ -66,11 +78,12 @@ class Evaluator:
         self._ref = {name: outputs(self.reference, x, self.device)
                      for name, x in (("test", self.x_test), ("train", self.x_train), ("ood", self.x_ood))}
         self.acc_before = accuracy(self._ref["test"][1], self.y_test)
+        self._basis = head_basis(self.reference.head)  # M_F's head is M_R's, frozen
 
     def identical(self) -> dict[str, float]:
         """The scores of a model identical to the reference (no forward pass needed)."""
         return {"acc_before": self.acc_before, "acc_after": self.acc_before, "kl_train": 0.0, "kl_test": 0.0,
-                "id_shift": 0.0, "ood_shift": 0.0, "ood_agreement": 1.0}
+                "id_shift": 0.0, "ood_shift": 0.0, "ood_shift_head": 0.0, "ood_agreement": 1.0}
 
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         f_test, l_test = outputs(model, self.x_test, self.device)
@@ -85,6 +98,7 @@ class Evaluator:
             "kl_test": kl_divergence(rl_test, l_test),
             "id_shift": feature_shift(rf_test, f_test),
             "ood_shift": feature_shift(rf_ood, f_ood),
+            "ood_shift_head": shift_seen_by_head(rf_ood, f_ood, self._basis),
             "ood_agreement": agreement(rl_ood, l_ood),
         }
 

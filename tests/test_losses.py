@@ -60,3 +60,19 @@ def test_gradient_is_nonzero_at_identical_features(form):
     total, _, _ = fine_tune_loss(f[:2], torch.zeros(2, 2), f[2:], torch.zeros(2, 2), margin=1.0, form=form)
     total.backward()
     assert f.grad.abs().sum().item() > 0
+
+
+def test_the_head_sees_only_the_shift_in_its_row_space():
+    from core.metrics import head_basis, shift_seen_by_head
+
+    head = torch.nn.Linear(4, 2, bias=False)
+    head.weight.data = torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0]])  # logits read features 0 and 1 only
+    basis = head_basis(head)
+    ref = torch.zeros(3, 4)
+    unseen = torch.tensor([[0, 0, 3.0, 4.0]] * 3)  # a shift of norm 5 that moves no logit
+    seen = torch.tensor([[3.0, 4.0, 0, 0]] * 3)
+    assert shift_seen_by_head(ref, unseen, basis) == pytest.approx(0, abs=1e-6)
+    assert shift_seen_by_head(ref, seen, basis) == pytest.approx(5)
+    assert shift_seen_by_head(ref, seen + unseen, basis) == pytest.approx(5)
+    # the logits agree: what the head sees of a shift is what changes its answers
+    assert torch.allclose(head(unseen), head(ref))

@@ -267,3 +267,26 @@ def test_the_papers_victim_loads_and_reaches_its_recorded_accuracy(mnist):
         correct = sum(int((model(to_float(mnist.x_test[i:i + 2500])).argmax(1) == mnist.y_test[i:i + 2500]).sum())
                       for i in range(0, len(mnist.x_test), 2500))
     assert correct / len(mnist.x_test) == pytest.approx(info["test_accuracy"], abs=2e-4)
+
+
+def test_table_attacks_each_seeds_own_protected_model(tmp_path, capsys):
+    """--protected with {seed}: the AdvFT row of seed s attacks seed s's model (AdvFT runs made once, attacked
+    by several tables), and a seed without its model is refused before any cell runs."""
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    tiny = ["--preset", "offline", "--data-dir", str(empty), "--epochs", "1", "--ig", "2", "--if", "3"]
+    for seed in (0, 1):
+        assert main(["advft", *tiny, "--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    capsys.readouterr()
+    pattern = str(tmp_path / "s{seed}" / "model.pt")
+    attack = ["--attack", "knockoff", "--queries", "200", "--train-epochs", "1", "--eval-size", "100"]
+    out = tmp_path / "table"
+    assert main(["table", *tiny, *attack, "--protected", pattern, "--seeds", "0,1", "--rows", "advft",
+                 "--out", str(out)]) == 0, capsys.readouterr().err
+    cells = {p.stem: json.loads(p.read_text())["cell"] for p in (out / "cells").glob("advft-*.json")}
+    assert {n: c["target"] for n, c in cells.items()} == {f"advft-s{s}": str(tmp_path / f"s{s}" / "model.pt")
+                                                          for s in (0, 1)}
+    assert not (out / "advft-s0").exists()  # no AdvFT was run: the models were given
+    assert main(["table", *tiny, *attack, "--protected", pattern, "--seeds", "0,2", "--rows", "advft",
+                 "--out", str(tmp_path / "missing")]) == 2
+    assert "s2" in capsys.readouterr().err and not (tmp_path / "missing" / "cells").exists()
