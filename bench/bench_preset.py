@@ -43,7 +43,8 @@ from core.attacks import AttackConfig, run_attack  # noqa: E402
 from core.data import resolve_data_dir  # noqa: E402
 from core.experiments import scaled_attack  # noqa: E402
 from core.runs import RunDir  # noqa: E402
-from core.training import load_victim, preset_victim  # noqa: E402
+from core.training import load_victim  # noqa: E402
+from core.victims import preset_victim  # noqa: E402
 
 THREADS = 2  # the thief's torch threads (float results depend on the count; see core.grid.DEFAULT_THREADS)
 
