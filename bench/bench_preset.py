@@ -89,7 +89,10 @@ def protect(preset: str, seed: int, flags: list[str], out: Path, data_dir) -> di
     if RunDir(out).exists():  # an interrupted run: finish it (its wall time is then the resumed part only)
         cmd = [sys.executable, "-m", "core", "advft", "--resume", "--out", str(out), "--data-dir", str(data_dir)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # OpenMP threads that sleep instead of spinning while they wait: on a shared CPU a spinning thread whose
+    # partner was preempted burns its core for nothing (5x slower here under load). Results do not depend on it.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"AdvFT failed ({' '.join(cmd[3:])}): {proc.stderr.strip().splitlines()[-1:]}")
     result = {**json.loads(proc.stdout), "wall": time.perf_counter() - t0, "resumed": "--resume" in cmd}
