@@ -350,6 +350,9 @@ class Relayed(Background):
     gone, however it died, and exits."""
 
     STOP_GRACE_S = 60.0  # a stop ends the work at its next step; a child that does not comply is killed
+    # ... except one finishing its work (a run whose epochs are all done computing its final metrics, ~1 min on
+    # a loaded CPU): it ends by itself, and killed it would leave a complete run without metrics.json
+    FINISH_GRACE_S = 15 * 60.0
 
     def __init__(self, name: str, spec, slots: JobSlots, device: str, abandon_after: float | None = None):
         super().__init__(name, slots, device, abandon_after)
@@ -357,6 +360,7 @@ class Relayed(Background):
         self._send_lock = threading.Lock()
         self._pending: list = []                # commands given before the work has its process
         self.worker: Worker | None = None
+        self.finishing = False                  # the child said its work is done but for the final metrics
 
     @property
     def process(self) -> subprocess.Popen | None:
@@ -380,6 +384,7 @@ class Relayed(Background):
             while self.worker.messages.poll(timeout):
                 timeout = 0
                 kind, changes = self.worker.messages.recv()
+                self.finishing = changes.pop("finishing", False) or self.finishing
                 final = final or changes.get("state") in ("finished", "stopped", "failed")
                 self._publish(**self._apply(kind, changes))
         except (EOFError, OSError):  # the child closed its end: it is exiting
@@ -401,7 +406,8 @@ class Relayed(Background):
                 if self.should_stop() and stop_sent is None:
                     self._send(("stop", "its page was closed" if self.abandoned else ""))
                     stop_sent = time.monotonic()
-                if stop_sent is not None and time.monotonic() - stop_sent > self.STOP_GRACE_S:
+                grace = self.FINISH_GRACE_S if self.finishing else self.STOP_GRACE_S
+                if stop_sent is not None and time.monotonic() - stop_sent > grace:
                     worker.process.kill()
                 alive = worker.process.poll() is None  # read before draining: what it sent is in the pipe
                 final = self._relay(0.1) or final

@@ -146,12 +146,9 @@ def dataset_problem(name: str, data_dir: str) -> str | None:
 
 def run_folder(name: str) -> RunDir:
     """A run by name: under the runs dir, else one of the recordings shipped in assets/recorded."""
-    from core.training import RECORDED_DIR
+    from core.training import run_by_name
 
-    run = RunDir(runs_dir() / name)
-    if not run.path.exists() and (RECORDED_DIR / name / "RECORDED.json").is_file():
-        return RunDir(RECORDED_DIR / name)
-    return run
+    return run_by_name(name, runs_dir())
 
 
 def recording(run: RunDir) -> str | None:

@@ -102,23 +102,39 @@ def attack(target: dict, attack: dict, defence: dict, data_dir, device, progress
     except CellStopped:
         return None  # a partial attack is no row of Tables 2-3
     result = row["points"][-1]["attack"]
-    note(f"{result['status']}: surrogate accuracy {result['surrogate_acc']:.4f} after {result['queries']:,} queries")
+    note(f"{result['status']}: surrogate {100 * result['surrogate_acc']:.2f}% right after {result['queries']:,} queries")
     return {**attack_row(row), "method": DEFENCE_LABELS.get(defence["name"], defence["name"]),
             "target": target["label"], "defence": defence["name"], "attack": attack["attack"],
-            "labels": "hard" if defence["name"] == "top1" else attack["labels"], "curve": result["curve"]}
+            "labels": "hard" if defence["name"] == "top1" else attack["labels"], "curve": result["curve"],
+            "thief_view": result.get("thief_view")}
+
+
+SWEEPS_DIR = ".sweeps"  # under the runs dir: a toy sweep's AdvFT runs while it works, removed when it ends
 
 
 def sweep(kind: str, victim: str, runs_dir: str, data_dir, device, progress, note, should_stop):
-    """A toy Fig. 4 or margin sweep; its AdvFT runs go to a folder under the runs dir."""
+    """A toy Fig. 4 or margin sweep. Its AdvFT runs go to a folder under the runs dir that is removed when
+    the sweep ends, finished or not (~8 MB each; the saved report holds everything the page shows)."""
+    import shutil
+
+    progress({"phase": "loading the target and the data", "done": 0.0})
     model, data = load_victim(victim, data_dir, device)
     toy = AttackConfig(**TOY_ATTACK)
-    out = Path(runs_dir) / ".sweeps" / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
+    out = Path(runs_dir) / SWEEPS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}"
     name = str(victim_path(victim))
-    if kind == "epochs":
-        return epoch_sweep(model, data, preset_config("lecture"), toy, out, list(TOY_EPOCHS), data_dir, name, note,
-                           should_stop)
-    return margin_sweep(model, data, preset_config("lecture"), toy, list(TOY_MARGINS), out, data_dir, name, note,
-                        should_stop)
+
+    def cells_done(p) -> None:  # the grid's GridProgress, as the page's {phase, done}
+        running = f", run {p.done + 1} in progress (AdvFT, then the thief)" if p.running else ""
+        progress({"phase": f"{p.done} of {p.total} runs done{running}", "done": p.done / max(1, p.total)})
+
+    try:
+        if kind == "epochs":
+            return epoch_sweep(model, data, preset_config("lecture"), toy, out, list(TOY_EPOCHS), data_dir, name, note,
+                               should_stop, cells_done)
+        return margin_sweep(model, data, preset_config("lecture"), toy, list(TOY_MARGINS), out, data_dir, name, note,
+                            should_stop, cells_done)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 TASKS = {"attack": attack, "sweep": sweep}
@@ -144,17 +160,63 @@ def save_result(folder: Path, value: dict) -> None:
     atomic_write_json(folder / f"{stem}-{n}.json", value)
 
 
-def load_results(folder: Path, newest: int = 50) -> tuple[list[dict], list[dict]]:
-    """(attack rows, sweep reports) saved in `folder`, oldest first; unreadable files and rows of another
-    schema are skipped."""
-    rows, sweeps = [], []
+_NUMBER, _TEXT = (int, float), (str,)
+# What the Attack page reads from a saved attack row and a saved toy sweep, with the types it needs
+# (None where the value may be missing). A file of another shape is reported, never drawn.
+ATTACK_ROW_FIELDS = {"method": _TEXT, "target": _TEXT, "defence": _TEXT, "attack": _TEXT, "labels": _TEXT, "status": _TEXT,
+                     "q": (int,), "acc_ms_after": _NUMBER, "acc_ms_after_final": _NUMBER + (type(None),),
+                     "acc_mr": _NUMBER + (type(None),), "m": _NUMBER + (type(None),), "n": (int, type(None)),
+                     "acc_mf": _NUMBER + (type(None),), "kl_train": _NUMBER + (type(None),),
+                     "kl_test": _NUMBER + (type(None),), "curve": (list, type(None))}
+SWEEP_ROW_FIELDS = {"surrogate_best_acc": _NUMBER + (type(None),), "surrogate_acc": _NUMBER + (type(None),),
+                    "acc_mf": _NUMBER + (type(None),), "kl_test": _NUMBER + (type(None),)}
+
+
+def shape_problem(value: dict, fields: dict) -> str | None:
+    """What is wrong with `value` against `fields` (name -> allowed types), or None; booleans are not numbers."""
+    for name, types in fields.items():
+        v = value.get(name)
+        if name not in value and type(None) in types:
+            continue
+        if name not in value:
+            return f"no '{name}'"
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            return f"'{name}' is {type(v).__name__}"
+    return None
+
+
+def sweep_problem(report: dict) -> str | None:
+    """What is wrong with a saved toy sweep's rows, or None (each row a sweep row with its epoch or margin)."""
+    if not isinstance(report["rows"], list):
+        return "'rows' is not a list"
+    for i, row in enumerate(report["rows"], 1):
+        if not isinstance(row, dict):
+            return f"row {i}: not an object"
+        if bad := shape_problem(row, SWEEP_ROW_FIELDS):
+            return f"row {i}: {bad}"
+        if not isinstance(row.get("epoch", row.get("margin")), (int, float)):
+            return f"row {i}: no epoch or margin"
+    return None
+
+
+def load_results(folder: Path, newest: int = 50) -> tuple[list[dict], list[dict], list[str]]:
+    """(attack rows, sweep reports, problems) saved in `folder`, oldest first. A file that is not one of
+    them (unreadable, or of another shape) is left out and named in `problems`, with what is wrong."""
+    rows, sweeps, problems = [], [], []
     for path in sorted(folder.glob("*.json"))[-newest:]:
         value = read_json(path)
-        if isinstance(value, dict) and isinstance(value.get("rows"), list):
-            sweeps.append(value)
-        elif isinstance(value, dict) and {"target", "defence", "attack", "acc_ms_after", "q"} <= set(value):
+        if not isinstance(value, dict):
+            problems.append(f"{path.name}: not a saved result")
+        elif "rows" in value:
+            if bad := sweep_problem(value):
+                problems.append(f"{path.name}: {bad}")
+            else:
+                sweeps.append(value)
+        elif bad := shape_problem(value, ATTACK_ROW_FIELDS):
+            problems.append(f"{path.name}: {bad}")
+        else:
             rows.append(value)
-    return rows, sweeps
+    return rows, sweeps, problems
 
 
 def clear_results(folder: Path) -> None:

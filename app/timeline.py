@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from core.advft import epoch_label
+
 REPLAY_SPEEDS = (2, 5, 10, 20)   # frames per second
 REPLAY, CHOSEN, ON_SCREEN = "replay", "timeline_chosen", "timeline_on_screen"
 
@@ -41,8 +43,10 @@ def shown(options: list[str], stored: str | None, wanted: str | None, *, followi
 
 @dataclass(frozen=True)
 class Timeline:
-    """One run's slider: its frames (one every few steps), or its epoch snapshots for runs recorded
-    before frames existed, and 'live' while a job's newest snapshot is at hand."""
+    """One run's slider: its frames (one every few steps) in step order, with the epoch snapshots of the epoch
+    ends that have no frame (a recording keeps a few evenly spaced frames, so a link's ?epoch= still finds
+    its epoch's end), or only the epoch snapshots for runs recorded before frames existed; and 'live' while
+    a job's newest snapshot is at hand."""
 
     options: tuple[str, ...]
     per_epoch: int          # steps per epoch (I_G + I_F): turns a frame's step into its epoch
@@ -55,7 +59,10 @@ class Timeline:
         if frames:
             advft = run.config().advft
             per_epoch = advft.i_g + advft.i_f
-        options = [f"frame:{s}" for s in frames] if frames else [f"epoch:{e}" for e in epochs]
+        at_step = {s: f"frame:{s}" for s in frames}
+        for e in epochs if frames else ():
+            at_step.setdefault(e * per_epoch, f"epoch:{e}")
+        options = [at_step[s] for s in sorted(at_step)] if frames else [f"epoch:{e}" for e in epochs]
         return cls(tuple(options + (["live"] if live else [])), per_epoch, bool(frames))
 
     @staticmethod
@@ -68,15 +75,15 @@ class Timeline:
         if p == "live":
             return "live"
         if p[0] == "epoch":
-            return f"epoch {p[1]}"
-        epoch, step = divmod(p[1], self.per_epoch)
-        if step == 0:  # a frame on an epoch's boundary shows that epoch's end (or M_R, at the start)
-            return f"end of epoch {epoch}" if epoch else "start (M_F = M_R)"
-        return f"epoch {epoch + 1} · step {step}"
+            return epoch_label(p[1] * self.per_epoch, self.per_epoch) if self.frames else f"epoch {p[1]}"
+        return epoch_label(p[1], self.per_epoch)
 
-    def wanted(self, epoch: int | None) -> str:
-        """The option a link's ?epoch= names."""
-        return f"frame:{epoch * self.per_epoch}" if self.frames and epoch is not None else f"epoch:{epoch}"
+    def wanted(self, epoch: int | None) -> str | None:
+        """The option a link's ?epoch= names: the end of that epoch (its frame, else its snapshot)."""
+        if epoch is None:
+            return None
+        at_end = f"frame:{epoch * self.per_epoch}"
+        return at_end if self.frames and at_end in self.options else f"epoch:{epoch}"
 
     def url_epoch(self, option: str) -> int | None:
         """The epoch the URL names while `option` is shown: an epoch's end that is not the newest option (a
@@ -146,17 +153,38 @@ def slider(run, run_name: str, epoch: int | None, live: bool, active: bool, runn
     raw = st.select_slider("Timeline (frame by frame)" if timeline.frames else "Timeline (saved epochs)",
                            timeline.options, key=key, format_func=timeline.label, on_change=_chosen,
                            args=(run_name, key))
+    cols = st.columns([1, 1, 1, 2, 2])
+    at = timeline.options.index(raw)
+    for col, (label, icon, delta, disabled) in zip(cols, (
+            ("Previous", ":material/skip_previous:", -1, at == 0),
+            ("Next", ":material/skip_next:", 1, at == len(timeline.options) - 1))):
+        col.button(label, icon=icon, key=f"frame_{label.lower()}", on_click=step_frame, disabled=disabled,
+                   args=(run_name, key, timeline.options, delta), width="stretch",
+                   help=f"The {label.lower()} {'frame' if timeline.frames else 'saved epoch'} "
+                        f"({'left' if delta < 0 else 'right'} arrow key)")
     if timeline.frames and not live:
-        replay_controls(run_name, len(timeline.options))
+        replay_controls(run_name, len(timeline.options), cols[2:4])
     return timeline.parse(raw), timeline.url_epoch(raw)
 
 
+def step_frame(run_name: str, key: str, options: tuple[str, ...], delta: int) -> None:
+    """Previous / Next: the timeline one option along, as if the user had moved the slider there."""
+    stored = st.session_state.get(key)
+    at = options.index(stored) if stored in options else len(options) - 1
+    st.session_state[key] = options[min(max(at + delta, 0), len(options) - 1)]
+    _stay(run_name, key)
+
+
 def _chosen(run_name: str, key: str) -> None:
-    """The user moved the timeline: it stays where they put it (back on 'live', it follows the job again).
+    """The user moved the timeline: it stays where they put it (_stay).
     Streamlit also calls this when the browser reports the slider's last value after the page has moved it
     while the slider was not on screen (a replay, a followed run): no user did that, so it changes nothing."""
-    if not st.session_state.get(ON_SCREEN):
-        return
+    if st.session_state.get(ON_SCREEN):
+        _stay(run_name, key)
+
+
+def _stay(run_name: str, key: str) -> None:
+    """The timeline stays where the user put it, no replay moving it; back on 'live', it follows the job again."""
     stop_replay()
     if st.session_state.get(key) == "live":
         st.session_state.pop(CHOSEN, None)
@@ -164,8 +192,9 @@ def _chosen(run_name: str, key: str) -> None:
         st.session_state[CHOSEN] = run_name
 
 
-def replay_controls(run_name: str, frames: int) -> None:
-    c1, c2, _ = st.columns([1, 2, 4])
+def replay_controls(run_name: str, frames: int, cols=None) -> None:
+    """Play / Stop replay and its speed, in `cols` (two columns) or a row of their own."""
+    c1, c2 = cols or st.columns([1, 2, 4])[:2]
     fps = c2.select_slider("Replay speed (frames/s)", REPLAY_SPEEDS, value=5, key="replay_fps")
     if replay_of(run_name):
         if c1.button("Stop replay", icon=":material/stop:", key="replay_stop"):
@@ -182,6 +211,6 @@ def advance(run) -> None:
     if replay is None:
         return
     replay.index += 1
-    if replay.index >= len(run.frame_steps()):
+    if replay.index >= len(Timeline.of(run, live=False).options):
         stop_replay()
         st.rerun()  # back to the page's normal refresh

@@ -12,6 +12,7 @@ import csv
 import html
 import io
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass, replace
@@ -26,10 +27,18 @@ CSS = Path(__file__).resolve().parent.parent / "assets" / "style" / "app.css"
 _MARKDOWN = re.compile(r"([\\`*_\[\]<>!:~$|])")  # what can start a link, image, emphasis, code, HTML, directive
 
 
+# Streamlit's Markdown also turns bare "www.", "http(s)://" and "name@host.tld" into links, after escapes
+# are resolved (GFM autolink literals), so escaping cannot stop them: an invisible word joiner placed where
+# those patterns need two characters side by side does. What the user reads is unchanged.
+_JOIN = "\u2060"
+_AUTOLINK = re.compile(r"(?i)(?<=www)(?=\.)|(?<=:)(?=//)|(?<=[-.\w+])(?=@[-\w])")
+
+
 def plain(text) -> str:
-    """User text for a Markdown element (st.warning, st.caption...): every Markdown character escaped,
-    so a link, an image or a colour directive in a URL or a run name shows as the characters it is."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+    """User text for a Markdown element (st.warning, st.caption...): every Markdown character escaped and
+    every would-be autolink broken, so a link, an image, an e-mail address or a colour directive in a URL
+    or a run name shows as the characters it is, never as something to click."""
+    return _MARKDOWN.sub(r"\\\1", _AUTOLINK.sub(_JOIN, str(text)))
 
 
 _IMPORT_LOCK = threading.Lock()
@@ -68,12 +77,32 @@ def plotly_js_served() -> bool:
     try:
         if not PLOTLY_JS.is_file() or PLOTLY_JS.read_bytes() != source.read_bytes():
             PLOTLY_JS.parent.mkdir(exist_ok=True)
-            partial = PLOTLY_JS.with_suffix(".tmp")
+            partial = PLOTLY_JS.with_suffix(f".{os.getpid()}.tmp")  # servers starting together each write their own
             partial.write_bytes(source.read_bytes())
             partial.replace(PLOTLY_JS)
         return True
     except OSError:
         return False
+
+
+_KEYS = st.components.v2.component("advft_presenter_keys", js=(Path(__file__).parent / "keys.js").read_text(),
+                                   isolate_styles=False)
+
+
+_RECOVER = st.components.v2.component("advft_recover", js=(Path(__file__).parent / "recover.js").read_text(),
+                                      isolate_styles=False)
+
+
+def recover_from_frontend_errors() -> None:
+    """Reload the page when Streamlit's frontend loses its element tree under fast fragment reruns in a busy
+    browser (app/recover.js says how); drawn in the sidebar, where it takes no room."""
+    with st.sidebar:
+        _RECOVER(key="recover")
+
+
+def presenter_keys() -> None:
+    """Space, arrows, S, R, F, P and ? drive the page's own buttons (app/keys.js); a hint says so."""
+    _KEYS(key="presenter_keys")
 
 
 def chart(fig, key: str, config: dict) -> None:
@@ -186,6 +215,45 @@ def server_export(charts: dict, export: Export, name: str, key: str) -> None:
                                on_click="ignore")
 
 
+ANIMATION_MIME = {"gif": "image/gif", "mp4": "video/mp4", "webm": "video/webm"}
+ANIMATION_PANELS = {"mr": "M_R", "mf": "M_F", "zoom": "M_F zoom"}
+
+
+@st.fragment
+def animation_export(run, style: str, key: str) -> None:
+    """The run's Fig. 5 panels over its frames as an animated GIF (MP4 / WebM where PyAV is installed), in
+    the page's style, made by core.animate when the download button is pressed. A fragment: choosing a
+    format or checking for new frames reruns this box only."""
+    from core import animate
+
+    with st.expander("Animation of the run for slides (GIF, video)"):
+        if run is None:
+            st.caption("Start a run or open a recorded one: its frames become an animation.")
+            return
+        count = animate.frame_count(run)
+        if count < 2:
+            st.info(plain(animate.no_frames_message(run, count)))
+            st.button("Check again", key=f"{key}_anim_again")
+            return
+        video, why = animate.video_available()
+        c1, c2, c3 = st.columns(3)
+        fmt = c1.radio("Format", ("gif", "mp4", "webm") if video else ("gif",), horizontal=True,
+                       format_func=str.upper, key=f"{key}_anim_fmt")
+        width = c2.selectbox("Width px", (800, 1200, 1600, 1920), index=1, key=f"{key}_anim_w")
+        fps = c3.select_slider("Frames/s", (2, 4, 6, 8, 12), value=4, key=f"{key}_anim_fps")
+        panels = st.multiselect("Panels", animate.PANELS, default=animate.PANELS, format_func=ANIMATION_PANELS.get,
+                                key=f"{key}_anim_panels")
+        if not panels:
+            st.caption("Choose at least one panel.")
+            return
+        spec = animate.AnimationSpec(fps=fps, width=width, panels=tuple(panels), style=style)
+        st.caption(f"{min(count, spec.max_frames)} frames on fixed axes, in the {style} style; made when you press "
+                   "the button (a few seconds)." + ("" if video else f" {plain(why)}."))
+        st.download_button(f"Download {fmt.upper()}", lambda: animate.animate(run, fmt, spec).data,
+                           file_name=f"{run.name}-fig5.{fmt}", mime=ANIMATION_MIME[fmt], on_click="ignore",
+                           key=f"{key}_anim_download", icon=":material/movie:")
+
+
 # ---------------------------------------------------------------- plots with their explanations
 
 
@@ -256,11 +324,11 @@ def status_line(view, capacity: int) -> None:
         st.caption(plain(view.message))
 
 
-def data_notice(what: str, problem: str) -> str:
-    return (f"**{what} is not available here**, so the page switched to the *offline demo* preset (real handwritten "
-            f"digits that ship with scikit-learn; nothing to download). To use {what}, put its `.npz` in a folder and "
-            f"start the app with `ADVFT_DATA_DIR=that/folder streamlit run streamlit_app.py` (or let it download once "
-            f"online). Details: {plain(problem)}")
+def data_notice(what: str, problem: str) -> tuple[str, str]:
+    """(the one-line note, its details for the help tooltip) when the page fell back to the offline demo."""
+    return (f":material/info: **Offline demo**: {what} is not available here, so the page uses real handwritten "
+            f"digits that ship with scikit-learn. `ADVFT_DATA_DIR=folder/with/{what.lower()}.npz` switches to {what}.",
+            f"Or let the app download {what} once while online. Why it is not available: {plain(problem)}")
 
 
 def axes_note(proj, ranges) -> None:

@@ -216,6 +216,9 @@ class Runner:
         run = self.run_
         if record is not None:
             self.until_epoch_end = False
+            if run.trainer.finished:  # next: the final metrics, which a stop does not cut short
+                self.send("view", finishing=True,
+                          message="every epoch is done; computing the final metrics (KL over the training set)")
         if action in ("g", "f"):
             self.manual_steps += 1
             self._frame(run.trainer.snapshot(), manual_steps=self.manual_steps)

@@ -16,7 +16,9 @@ Measures
      page and nothing else running, measured first in the same run (1 thread, and the CLI's threads);
   5. click-to-effect: click Pause (then Play) and time until the page shows the job paused (running);
   6. the atlas (assets/atlas), in a second tab while the job trains: page load, and an Epochs N slider
-     move until the M_F panel shows the other cell.
+     move until the M_F panel shows the other cell;
+  7. presenter keys on a recorded run: a left or right arrow (alternately) until the chart draws the
+     previous or next frame (--keys presses).
 Prints one table; the machine's load average is printed with it, since the CPU may be shared.
 """
 
@@ -34,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.e2e import (FIG5_DRAWN, MF_POINTS, chromium_page, slider_step, streamlit_server, wait_loaded,  # noqa: E402
+from tests.e2e import (DRAWN_STEP, FIG5_DRAWN, MF_POINTS, chromium_page, slider_step, streamlit_server, wait_loaded,  # noqa: E402
                      wait_mf_change, wait_state)
 
 COUNT_UPDATES = """async ([probe, seconds]) => {
@@ -100,6 +102,7 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=10.0, help="seconds to count panel updates")
     ap.add_argument("--clicks", type=int, default=3, help="pause/play pairs to time")
     ap.add_argument("--moves", type=int, default=10, help="atlas slider moves to time")
+    ap.add_argument("--keys", type=int, default=10, help="presenter arrow-key presses to time")
     a = ap.parse_args()
     if not os.environ.get("ADVFT_DATA_DIR"):
         print("set ADVFT_DATA_DIR (e.g. /work/shared/data): the benchmark uses the committed MNIST victim",
@@ -133,6 +136,21 @@ def main() -> int:
             page.goto("about:blank")
         rows.append(("page load -> Fig. 5 of a recorded run, fresh server (s)", loads[:1], ""))
         rows.append(("page load -> Fig. 5 of a recorded run, then (s)", loads[1:], "<= 3"))
+
+        page.goto(url + "/?run=recorded-lecture")
+        page.wait_for_function(FIG5_DRAWN, timeout=60_000)
+        page.locator(".advft-keys-hint").wait_for()
+        keys = []
+        for i in range(a.keys):
+            page.evaluate("() => document.activeElement && document.activeElement.blur()")
+            before = page.evaluate(DRAWN_STEP)
+            t = time.perf_counter()
+            page.keyboard.press("ArrowLeft" if i % 2 == 0 else "ArrowRight")
+            page.wait_for_function(f"() => {{ const s = ({DRAWN_STEP})(); return s !== null && s !== {before}; }}",
+                                   timeout=30_000, polling=10)
+            keys.append(time.perf_counter() - t)
+        rows.append(("presenter key (arrow) -> other frame drawn (s)", keys, ""))
+        page.goto("about:blank")
 
         page.goto(url + "/?preset=lecture")
         wait_loaded(page)

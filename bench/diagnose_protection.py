@@ -12,7 +12,8 @@ soft-label thief copies). Seeds and image counts are fixed, so two runs print th
     ... diagnose_protection.py --epochs RUN_DIR [RUN_DIR ...]
 
 prints, epoch by epoch from a run folder's history, the OOD shift, the part the head sees and the share in
-its null space (1 - seen / shift, as in the table above), with OOD agreement, Acc_MF and KL_test.
+its null space (1 - seen / shift, as in the table above), with OOD agreement, Acc_MF and KL_test; with
+--figure PATH.png also draws them per epoch, a line per run (Acc_MF - Acc_MR, KL_test, null-space share).
 """
 
 from __future__ import annotations
@@ -62,9 +63,39 @@ def per_epoch(run_dir: str) -> list[str]:
     for h in run.history()[1:]:
         seen = h.get("ood_shift_head")
         null = "-" if seen is None or not h["ood_shift"] else f"{1 - seen / h['ood_shift']:.0%}"
-        lines.append(f"| {run.name} | {h['epoch']} | {h['ood_shift']:.1f} | {'-' if seen is None else f'{seen:.1f}'} "
+        lines.append(f"| {run.path.parent.name}/{run.name} | {h['epoch']} | {h['ood_shift']:.1f} | {'-' if seen is None else f'{seen:.1f}'} "
                      f"| {null} | {h['ood_agreement']:.3f} | {100 * h['acc_after']:.2f}% | {h['kl_test']:.1e} |")
     return lines
+
+
+COLOURS = ("#b2182b", "#2166ac", "#1b7837", "#e08214", "#762a83", "#4d4d4d")  # told apart in print and by most eyes
+
+
+def epoch_figure(run_dirs: list[str], path: str) -> None:
+    """Fidelity and where the OOD shift went, per epoch, a line per run: the trade-off a run's length buys."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.09,
+                        subplot_titles=("Acc_MF - Acc_MR (points)", "KL_test (log)", "OOD shift in the head's null space"))
+    for i, run_dir in enumerate(run_dirs):
+        run = RunDir(run_dir)
+        h = run.history()
+        base, epochs = h[0]["acc_after"], [r["epoch"] for r in h[1:]]
+        name = f"{run.path.parent.name}/{run.name}"
+        style = dict(mode="lines+markers", name=name, legendgroup=name, line=dict(color=COLOURS[i % len(COLOURS)]))
+        fig.add_trace(go.Scatter(x=epochs, y=[100 * (r["acc_after"] - base) for r in h[1:]], **style), 1, 1)
+        fig.add_trace(go.Scatter(x=epochs, y=[r["kl_test"] for r in h[1:]], showlegend=False, **style), 1, 2)
+        fig.add_trace(go.Scatter(x=epochs, y=[1 - r["ood_shift_head"] / r["ood_shift"] if r.get("ood_shift") else None
+                                              for r in h[1:]], showlegend=False, **style), 1, 3)
+    fig.add_hline(y=-0.1, line_dash="dot", row=1, col=1, annotation_text="target -0.1")
+    fig.add_hline(y=1.6e-3, line_dash="dot", row=1, col=2, annotation_text="paper's 1.6e-3")
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", range=[0, 1], row=1, col=3)
+    fig.update_xaxes(title_text="AdvFT epoch")
+    fig.update_layout(width=1500, height=480, template="plotly_white", legend=dict(orientation="h", y=-0.25),
+                      margin=dict(l=60, r=20, t=50, b=110))
+    fig.write_image(path, scale=1)
 
 
 def main() -> int:
@@ -72,9 +103,12 @@ def main() -> int:
     p.add_argument("pairs", nargs="+", help="VICTIM M_F_MODEL, repeated (with --epochs: run folders)")
     p.add_argument("--images", type=int, default=5000, help="images per set")
     p.add_argument("--epochs", action="store_true", help="per-epoch lines from run folders' histories")
+    p.add_argument("--figure", help="with --epochs: also draw them per epoch into this PNG")
     p.add_argument("--data-dir", default=None)
     a = p.parse_args()
     if a.epochs:
+        if a.figure:
+            epoch_figure(a.pairs, a.figure)
         print("| run | epoch | OOD shift | of which the head sees | in its null space | OOD agreement | Acc_MF | KL_test |")
         print("|---|---|---|---|---|---|---|---|")
         for run in a.pairs:

@@ -146,6 +146,8 @@ class Atlas:
         if not isinstance(meta, dict) or meta.get("format") != ATLAS_FORMAT:
             raise RunError(f"'{self.folder}' is not an atlas bundle (no atlas.json of format {ATLAS_FORMAT}); "
                            "make one with `python -m core atlas --out DIR`")
+        if problem := _meta_problem(meta):
+            raise RunError(f"atlas '{self.folder.name}': {problem}; make it again with `python -m core atlas --out DIR`")
         self.meta = meta
         self.cells = {k: AtlasCell(**{f: v.get(f) for f in AtlasCell.__dataclass_fields__}) for k, v in meta["cells"].items()}
         self.margins: list[float] = meta["margins"]
@@ -175,6 +177,25 @@ class Atlas:
 
     def snapshots(self) -> list[Snapshot]:
         return [s for s in (self.snapshot(c.margin, c.epochs) for c in self.cells.values()) if s is not None]
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What in atlas.json the page could not draw from, or None: the grid's axes, its cells, its provenance."""
+    def numbers(v, kind=(int, float)):
+        return isinstance(v, list) and v and all(isinstance(x, kind) and not isinstance(x, bool) for x in v)
+
+    if not numbers(meta.get("margins")) or not numbers(meta.get("epochs"), int):
+        return "'margins' and 'epochs' must be non-empty lists of numbers"
+    cells = meta.get("cells")
+    if not isinstance(cells, dict) or not cells or not all(isinstance(c, dict) for c in cells.values()):
+        return "it has no cells"
+    for c in cells.values():
+        if not isinstance(c.get("margin"), (int, float)) or not isinstance(c.get("epochs"), int):
+            return "a cell without its margin and epochs"
+    for key, kind in (("victim", str), ("command", str), ("seconds", (int, float))):
+        if not isinstance(meta.get(key), kind):
+            return f"no '{key}'"
+    return None
 
 
 def shipped_atlases() -> list[Path]:

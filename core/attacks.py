@@ -34,6 +34,7 @@ result (id_transfer). Nothing here knows about a UI.
 
 from __future__ import annotations
 
+import base64
 import copy
 import math
 import time
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from .advft import ConfigError, Generator
 from .data import DATASETS, DataError, Dataset, check_images, convert_images, load_dataset, load_ood, nchw, to_float
 from .errors import UserError
-from .metrics import accuracy, agreement, outputs
+from .metrics import accuracy, agreement, confusion, outputs
 from .models import FULL_WIDTH, Classifier, build_model
 
 LABELS = ("soft", "hard")
@@ -364,6 +365,7 @@ class AttackResult:
     surrogate_arch: str = ""
     transfer_source: str | None = None        # KnockoffNets: where the query images came from
     extra: dict = field(default_factory=dict)  # attack-specific: bandit policy, generator samples, ...
+    thief_view: dict | None = None            # once ended: what the thief got on the ID test set (see thief_view)
     config: dict = field(default_factory=dict)
     defence_config: dict = field(default_factory=dict)
     surrogate: nn.Module | None = field(default=None, repr=False, compare=False)
@@ -383,6 +385,7 @@ class _Scoreboard:
                  progress: Progress | None, should_stop: Callable[[], bool] | None, t0: float):
         self.api, self.t0 = api, t0
         self.x_test, self.y_test = data.x_test[:config.eval_size], data.y_test[:config.eval_size]
+        self.classes = data.classes
         target_logits = outputs(api.model, self.x_test, api.device)[1]
         self.target_logits = target_logits
         budget = api.remaining if api.remaining is not None else config.queries
@@ -448,8 +451,67 @@ class _Scoreboard:
         if self.diverged:
             r.extra["diverged"] = self.diverged
         r.surrogate = surrogate.eval()
+        r.thief_view = thief_view(self.x_test, self.y_test, self.target_logits,
+                                  outputs(r.surrogate, self.x_test, self.api.device)[1], self.classes)
         self.report(r.status, None if self.stopped else 1.0)
         return r
+
+
+EXAMPLES_PER_CLASS = 2  # test images of each class shown with both answers: a grid a class can read at once
+
+
+def thief_view(x: torch.Tensor, y: torch.Tensor, target_logits: torch.Tensor, surrogate_logits: torch.Tensor,
+               classes: tuple[str, ...]) -> dict:
+    """What the thief got, on the ID test set: the attacked model's and the surrogate's confusions
+    (counts[true][answered]) and, for the first EXAMPLES_PER_CLASS test images of each class, the images with
+    both answers. Small (a few kB as JSON), so it is saved with the result and drawn later without the models."""
+    n = len(classes)
+    target, thief = target_logits.argmax(1), surrogate_logits.argmax(1)
+    picked = [i for c in range(n) for i in (y == c).nonzero().flatten()[:EXAMPLES_PER_CLASS].tolist()]
+    images = x[picked].to(torch.uint8).contiguous().numpy()  # (k, C, H, W), as the dataset stores them
+    return {"classes": list(classes), "images": len(y),
+            "target_confusion": confusion(y, target, n), "surrogate_confusion": confusion(y, thief, n),
+            "examples": {"shape": list(images.shape), "pixels": base64.b64encode(images.tobytes()).decode("ascii"),
+                         "truth": y[picked].tolist(), "target": target[picked].tolist(),
+                         "surrogate": thief[picked].tolist()}}
+
+
+def thief_view_problem(view) -> str | None:
+    """What is wrong with a saved thief_view (a file read back: it may be damaged or hand-made), or None."""
+    if not isinstance(view, dict):
+        return "not an object"
+    classes, ex = view.get("classes"), view.get("examples")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        return "'classes' is not a list of names"
+    n = len(classes)
+    for key in ("target_confusion", "surrogate_confusion"):
+        m = view.get(key)
+        if not (isinstance(m, list) and len(m) == n and all(isinstance(row, list) and len(row) == n
+                                                           and all(type(v) is int and v >= 0 for v in row) for row in m)):
+            return f"'{key}' is not a {n} x {n} table of counts"
+    if not isinstance(ex, dict):
+        return "no 'examples'"
+    shape = ex.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and all(type(v) is int and v > 0 for v in shape)
+            and shape[1] in (1, 3)):
+        return "'examples.shape' is not (images, channels 1 or 3, height, width)"
+    try:
+        size = len(base64.b64decode(ex.get("pixels", ""), validate=True))
+    except (TypeError, ValueError):
+        return "'examples.pixels' is not base64"
+    if size != math.prod(shape):
+        return f"'examples.pixels' holds {size} bytes, not the {math.prod(shape)} of its shape"
+    for key in ("truth", "target", "surrogate"):
+        v = ex.get(key)
+        if not (isinstance(v, list) and len(v) == shape[0] and all(type(a) is int and 0 <= a < n for a in v)):
+            return f"'examples.{key}' is not {shape[0]} class indices"
+    return None
+
+
+def example_images(view: dict) -> np.ndarray:
+    """The uint8 images (k, C, H, W) of a thief_view's examples."""
+    ex = view["examples"]
+    return np.frombuffer(base64.b64decode(ex["pixels"]), dtype=np.uint8).reshape(ex["shape"])
 
 
 def best_accuracy(*curves: list[dict]) -> float | None:

@@ -13,7 +13,9 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -39,6 +41,19 @@ class CLIError(UserError):
 
 
 # ---------------------------------------------------------------- argument types
+
+
+def _float_range(low: float, high: float):
+    """A float in (low, high]: NaN, infinities and values outside are refused before any work."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got '{text[:40]}'") from None
+        if not (low < v <= high):
+            raise argparse.ArgumentTypeError(f"must be above {low:g} and at most {high:g} (got {text[:40]})")
+        return v
+    return parse
 
 
 def _int_range(low: int, high: int):
@@ -119,6 +134,13 @@ def _progress(total: int, desc: str, unit: str = "step"):
                 disable=None)  # disable=None: no bar when stderr is not a terminal (CI logs)
 
 
+def _milestone(bar, line: str) -> None:
+    """Where no bar is drawn (stderr is a log file, CI, a notebook), one line per milestone instead, so a
+    long run is never silent there; on a terminal the bar's postfix says the same."""
+    if bar.disable:
+        _note(line)
+
+
 def _note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -146,6 +168,8 @@ def cmd_train_victim(a) -> int:
     def progress(epoch, acc):
         bar.update(1)
         bar.set_postfix(test_acc=f"{acc:.4f}")
+        _milestone(bar, f"epoch {epoch} of {a.epochs}: test accuracy {100 * acc:.2f}% "
+                        f"({time.perf_counter() - t0:.0f} s)")
 
     model, acc = train_victim(data, cfg, device, progress)
     bar.close()
@@ -158,6 +182,11 @@ def cmd_train_victim(a) -> int:
     save_model(model.cpu(), out / f"{name}.pt", **info)
     atomic_write_json(out / f"{name}.json", info)
     print(f"{out / (name + '.pt')}: test accuracy {acc:.4f} ({seconds:.0f} s)")
+    chance = 1 / len(data.classes)
+    if acc < 2 * chance:
+        print(f"warning: the victim is at about chance accuracy ({100 * acc:.1f}%, chance {100 * chance:.0f}%): it "
+              f"learned nothing, and AdvFT or an attack on it means nothing. Try a smaller --lr (now {a.lr:g}) or "
+              "more --epochs.", file=sys.stderr)
     return 0
 
 
@@ -197,13 +226,11 @@ def cmd_advft(a) -> int:
     from .training import RecordedRun, drive
     from .victims import preset_victim
 
-    out = Path(a.out)
+    out = _writable_folder(a.out)
     device = pick_device(a.device)
     if a.resume:
         run = RecordedRun.resume(out, a.data_dir, device)
     else:
-        if out.exists() and not out.is_dir():
-            raise CLIError(f"--out '{out}' is a file, not a folder for a run; choose another --out")
         if (out / "config.json").exists():
             raise CLIError(f"'{out}' already holds a run; use --resume to continue it or choose another --out")
         config = advft_config(a)
@@ -220,6 +247,9 @@ def cmd_advft(a) -> int:
         if record is not None:
             bar.set_postfix(ep=record["epoch"], acc=f"{record['acc_after']:.4f}",
                             ood_agree=f"{record['ood_agreement']:.2f}")
+            _milestone(bar, f"AdvFT {run.where()}: Acc_MF {100 * record['acc_after']:.2f}%, "
+                            f"KL_test {record['kl_test']:.1e}, OOD agreement {100 * record['ood_agreement']:.1f}% "
+                            f"({record['seconds']:.0f} s)")
 
     try:
         drive(run, on_step=on_step)
@@ -304,12 +334,17 @@ def cmd_attack(a) -> int:
         bar.close()
     if result.transfer_source:
         print(f"transfer set: {result.transfer_source}", file=sys.stderr)
-    save_model(result.surrogate.cpu(), out / "surrogate.pt", attack=config.attack, target=str(a.target),
-               test_accuracy=result.surrogate_acc)
-    atomic_write_json(out / "result.json", {**result.to_dict(), "target": str(a.target), "device": describe(device)})
+    # The numbers first: if the files cannot be written (a full disk), the work is not lost with them.
     print(json.dumps({k: getattr(result, k) for k in ("surrogate_acc", "surrogate_best_acc", "agreement", "queries",
                                                        "target_acc", "epochs_trained", "early_stopped", "id_transfer",
-                                                       "seconds", "status")}, indent=2))
+                                                       "seconds", "status")}, indent=2), flush=True)
+    try:
+        atomic_write_json(out / "result.json", {**result.to_dict(), "target": str(a.target), "device": describe(device)})
+        save_model(result.surrogate.cpu(), out / "surrogate.pt", attack=config.attack, target=str(a.target),
+                   test_accuracy=result.surrogate_acc)
+    except OSError as e:
+        raise CLIError(f"the attack finished (its result is printed above) but {out} cannot be written: "
+                       f"{e.strerror or e}") from None
     return 0
 
 
@@ -508,6 +543,28 @@ def cmd_record(a) -> int:
     return 0
 
 
+def cmd_animate(a) -> int:
+    """A run's Fig. 5 panels over its frames as an animated GIF, MP4 or WebM (core.animate)."""
+    from .animate import AnimationSpec, animate, format_of, parse_panels
+    from .runs import RunDir, atomic_write_bytes
+    from .training import recorded_runs, run_by_name
+
+    out = Path(a.out)
+    fmt = format_of(out)  # before any work: the format follows the suffix
+    _writable_folder(out.parent if str(out.parent) else ".")
+    spec = AnimationSpec(fps=a.fps, width=a.width, panels=parse_panels(a.panels), style=a.style, max_frames=a.frames,
+                         hold_s=a.hold).validate()
+    run = RunDir(a.run) if (Path(a.run) / "config.json").is_file() else run_by_name(a.run, resolve_runs_dir(a.runs_dir))
+    if not run.exists():
+        raise CLIError(f"no run '{a.run}': give a run folder, a run name under '{resolve_runs_dir(a.runs_dir)}', or a "
+                       f"recording ({', '.join(r.name for r in recorded_runs())})")
+    anim = animate(run, fmt, spec)
+    atomic_write_bytes(out, anim.data)
+    print(f"{out}: {anim.frames} frames, {anim.size[0]}x{anim.size[1]} px, {len(anim.data) / 1e6:.2f} MB, "
+          f"{spec.fps:g} frames/s; made in {anim.seconds:.1f} s")
+    return 0
+
+
 def cmd_bench(a) -> int:
     from .bench import main as bench_main
 
@@ -566,7 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", default="lenet2d", choices=list(ARCHS))
     t.add_argument("--epochs", type=_int_range(1, 1000), default=10)
     t.add_argument("--batch-size", type=_int_range(1, 8192), default=128)
-    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--lr", type=_float_range(0, 1), default=3e-3,
+                   help="Adam's learning rate (default %(default)s; above ~0.01 a LeNet rarely learns)")
     t.add_argument("--shift", type=_int_range(0, 8), default=VictimConfig.shift,
                    help="random translation augmentation in pixels (default %(default)s)")
     t.add_argument("--seed", type=_seed, default=0)
@@ -598,6 +656,27 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--out", default="assets/recorded", help="folder of the recordings (default %(default)s)")
     _common(rec)
     rec.set_defaults(func=cmd_record)
+
+    from .animate import PANELS, AnimationSpec
+    d = AnimationSpec()
+    an = sub.add_parser("animate", help="export a run's Fig. 5 panels as an animated GIF, MP4 or WebM",
+                        description="Draw the Fig. 5 panels of every saved frame of a run (live, finished or recorded) "
+                                    "on fixed axes and write them as an animation; the format follows --out's suffix "
+                                    "(.gif always works; .mp4 and .webm need pip install -r requirements-video.txt).")
+    an.add_argument("run", help="a run folder, a run name under the runs dir, or a recording such as recorded-lecture")
+    an.add_argument("--out", required=True, help="file to write: NAME.gif, NAME.mp4 or NAME.webm")
+    an.add_argument("--fps", type=float, default=d.fps, help="frames per second (default %(default)s)")
+    an.add_argument("--width", type=_int_range(320, 3840), default=d.width, help="width in pixels (default %(default)s)")
+    an.add_argument("--panels", default=",".join(d.panels),
+                    help=f"panels in order, from {','.join(PANELS)}: M_R, M_F, M_F's zoom on the OOD start "
+                         "(default %(default)s)")
+    an.add_argument("--style", default=d.style, choices=["presentation", "screen"],
+                    help="the app's presentation style (large fonts, for slides) or its screen style (default %(default)s)")
+    an.add_argument("--frames", type=_int_range(2, 1000), default=d.max_frames,
+                    help="at most this many of the run's frames, evenly spaced, first and last kept (default %(default)s)")
+    an.add_argument("--hold", type=float, default=d.hold_s, help="seconds the last frame stays (default %(default)s)")
+    an.add_argument("--runs-dir", help="where run names are looked up (default: $ADVFT_RUNS_DIR, else ./runs)")
+    an.set_defaults(func=cmd_animate)
 
     b = sub.add_parser("bench", help="benchmark the lecture preset and the engine overhead",
                        description="Run the benchmark table of the README (needs MNIST and CIFAR-10 in the data dir).")
@@ -684,6 +763,19 @@ def _grid_args(e: argparse.ArgumentParser) -> None:
                         "cell's settings, since float results depend on it (default %(default)s)")
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a KeyboardInterrupt): a run in progress records 'stopped' with where it
+    was, a grid stops its cells, instead of the process dying mid-write."""
+
+
+_SIGTERM_SEEN = threading.Event()  # a library may turn Terminated into a plain KeyboardInterrupt (Ray's wait does)
+
+
+def _terminated(signum, frame) -> None:
+    _SIGTERM_SEEN.set()
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -691,14 +783,27 @@ def main(argv: list[str] | None = None) -> int:
     a.argv = argv  # recorded with the victims it trains
     if hasattr(a, "data_dir"):
         a.data_dir = str(resolve_data_dir(a.data_dir))
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
+    _SIGTERM_SEEN.clear()
     try:
         return a.func(a)
     except USER_ERRORS as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
+        if _SIGTERM_SEEN.is_set():
+            print("terminated (SIGTERM); a run records where it stopped and --resume continues it", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the machine, not the command: a full disk, a read-only folder, a vanished file
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or one_line(e)}{where}; free some space or choose another --out", file=sys.stderr)
+        return 2
     except MemoryError:
         print("error: out of memory; use a smaller --batch-size or budget", file=sys.stderr)
         return 2
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

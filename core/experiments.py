@@ -396,10 +396,12 @@ def attack_table(victim: Classifier, data: Dataset, attack: AttackConfig, advft:
     return table_report(cells, result, methods, data.name, victim.arch)
 
 
-def _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop) -> GridResult:
-    """A grid in this process on an already loaded victim; a failed cell raises, as a library call should."""
+def _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop, progress=None) -> GridResult:
+    """A grid in this process on an already loaded victim; a failed cell raises, as a library call should.
+    `progress` gets the grid's GridProgress as cells start and end."""
     result = run_grid(cells, out, run_cell, LocalExecutor({victim_name: (victim, data)}), data_dir=data_dir,
-                      device=next(victim.parameters()).device, retries=0, note=note, should_stop=should_stop)
+                      device=next(victim.parameters()).device, retries=0, note=note, should_stop=should_stop,
+                      progress=progress)
     result.raise_failed()
     return result
 
@@ -451,11 +453,11 @@ def epoch_report(cells: list[Cell], result: GridResult, advft: AdvFTConfig, atta
 
 def epoch_sweep(victim: Classifier, data: Dataset, advft: AdvFTConfig, attack: AttackConfig, out: Path,
                 at_epochs: list[int] | None = None, data_dir=None, victim_name: str = "", note: Note = _quiet,
-                should_stop=None) -> dict:
+                should_stop=None, progress=None) -> dict:
     """Fig. 4 for an already loaded victim, in this process: the AdvFT run goes to out/advft; the
     protected model is attacked after each epoch in `at_epochs` (N = 0 is the unprotected victim)."""
     cells = epoch_cells(victim_name, advft, attack, at_epochs)
-    result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop)
+    result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop, progress)
     return epoch_report(cells, result, advft, attack, data.name)
 
 
@@ -492,11 +494,12 @@ def margin_report(cells: list[Cell], result: GridResult, advft: AdvFTConfig, att
 
 
 def margin_sweep(victim: Classifier, data: Dataset, advft: AdvFTConfig, attack: AttackConfig, margins: list[float],
-                 out: Path, data_dir=None, victim_name: str = "", note: Note = _quiet, should_stop=None) -> dict:
+                 out: Path, data_dir=None, victim_name: str = "", note: Note = _quiet, should_stop=None,
+                 progress=None) -> dict:
     """Protection vs fidelity for an already loaded victim, in this process: a full AdvFT run per margin
     (run folders out/m<m>), each protected model attacked once."""
     cells = margin_cells(victim_name, advft, attack, margins)
-    result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop)
+    result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop, progress)
     return margin_report(cells, result, advft, attack, data.name)
 
 
@@ -521,7 +524,7 @@ SCALE_ATTACKS = {
 # --scale paper also takes the AdvFT settings of the `paper` preset, with the N of the paper's table for the
 # attack (Table 2, DFME: N = 6; Table 3, KnockoffNets: N = 75).
 PAPER_EPOCHS = {"dfme": 6, "knockoff": 75}
-PRESET_SCALES = {"table-mnist": "cpu", "paper": "paper"}  # a preset's default scale; the others: toy
+PRESET_SCALES = {"table-mnist": "cpu", "table-mnist-m100": "cpu", "paper": "paper"}  # a preset's default scale; the others: toy
 
 
 def default_scale(preset: str) -> str:

@@ -477,6 +477,92 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
                         title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}")
 
 
+# ---------------------------------------------------------------- the thief's view (core.attacks.thief_view)
+
+
+WRONG = "#c62828"  # a wrong answer in the answers grid (with a cross, so colour is not the only sign)
+
+
+def thief_confusions(view: dict, style: str = "screen", height: int = 420) -> go.Figure:
+    """The attacked model's (the API's) and the surrogate's answers on the ID test set as confusion matrices, each row
+    the share (%) of a true class: a good thief copies the left one's diagonal, a protected model's thief
+    does not, while the left one (what honest users get) stays the same."""
+    classes = [str(c) for c in view["classes"]]
+    counts = {k: np.array(view[k], dtype=float) for k in ("target_confusion", "surrogate_confusion")}
+    right = {k: np.trace(c) / max(c.sum(), 1) for k, c in counts.items()}
+    fig = make_subplots(1, 2, horizontal_spacing=0.14, subplot_titles=(  # short: two of them fit half a slide
+        f"API<br>{100 * right['target_confusion']:.0f}% right", f"thief<br>{100 * right['surrogate_confusion']:.0f}% right"))
+    for col, key in ((1, "target_confusion"), (2, "surrogate_confusion")):
+        c = counts[key]
+        share = 100 * c / np.maximum(c.sum(1, keepdims=True), 1)
+        fig.add_trace(go.Heatmap(z=share, x=classes, y=classes, zmin=0, zmax=100, colorscale="Blues", showscale=col == 2,
+                                 colorbar=dict(title="%", thickness=12), customdata=c,
+                                 hovertemplate="true %{y}, answered %{x}: %{z:.0f}% (%{customdata:.0f} images)"
+                                               "<extra></extra>"), 1, col)
+    fig.update_xaxes(title_text="answered", type="category", tickangle=0)
+    fig.update_yaxes(type="category", autorange="reversed")
+    fig.update_yaxes(title_text="true class", row=1, col=1)
+    return style_layout(fig, style, height, margin=dict(l=60, r=10, t=90, b=50))
+
+
+def thief_answers(view: dict, images: np.ndarray, style: str = "screen", classes_per_row: int = 5,
+                  height: int = 460) -> go.Figure:
+    """Test images grouped by class (`classes_per_row` classes side by side, a class's examples one above the
+    other), each captioned 'the API's answer · the thief's answer'; a wrong answer in red with a cross.
+    `images` are the view's examples (core.attacks.example_images). Five classes a row leave each caption
+    room for the presentation style's font at half a slide's width."""
+    t = theme(style)
+    ex, classes = view["examples"], [str(c) for c in view["classes"]]
+    per_class: dict[int, list[int]] = {}
+    for i, y in enumerate(ex["truth"]):
+        per_class.setdefault(y, []).append(i)
+    depth = max(len(v) for v in per_class.values())  # examples per class
+    cols = min(classes_per_row, len(per_class))
+    rows = -(-len(per_class) // cols) * depth
+    n, c, h, w = images.shape
+    pad, caption = max(2, w // 10), h * 2 // 3  # a caption band under each image
+    cell_h, cell_w = h + caption, 2 * w  # captions are wider than a digit: room on both sides
+    tile = np.full((rows * cell_h + pad, cols * cell_w, 3), 255, dtype=np.uint8)
+    fig = go.Figure()
+    for k, (y, members) in enumerate(sorted(per_class.items())):
+        for r, i in enumerate(members):
+            top, left = ((k // cols) * depth + r) * cell_h + pad, (k % cols) * cell_w + (cell_w - w) // 2
+            img = images[i].transpose(1, 2, 0)
+            tile[top:top + h, left:left + w] = np.repeat(img, 3, axis=2) if c == 1 else img
+            answers = [(ex["target"][i], ex["target"][i] == y), (ex["surrogate"][i], ex["surrogate"][i] == y)]
+            text = " · ".join(classes[a] if ok else f"<span style='color:{WRONG}'>{classes[a]}✗</span>"
+                              for a, ok in answers)
+            fig.add_annotation(x=left + w / 2, y=top + h + caption / 2, text=text, showarrow=False,
+                               font=dict(size=t["font_size"], color=t["text"]))
+    fig.add_trace(go.Image(z=tile, hoverinfo="skip"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig = style_layout(fig, style, height, margin=dict(l=0, r=0, t=10, b=0))
+    return fig.update_annotations(font_size=t["font_size"])  # style_layout sizes annotations as subplot titles
+
+
+def thief_per_class(views: dict[str, dict], style: str = "screen", height: int = 380) -> go.Figure:
+    """Per-class accuracy on the ID test set: a bar per result for its surrogate, a marker per result for the
+    attacked model (what honest users get), so the classes the thief lost stand out."""
+    from .metrics import per_class_accuracy
+
+    t = theme(style)
+    fig = go.Figure()
+    for i, (name, view) in enumerate(views.items()):
+        classes = [str(c) for c in view["classes"]]
+        colour = (t["roles"]["ood"], t["roles"]["m_f"])[i % 2]
+        fig.add_trace(go.Bar(name=f"thief · {name}", x=classes, y=per_class_accuracy(view["surrogate_confusion"]),
+                             marker_color=colour, offsetgroup=name))
+        fig.add_trace(go.Scatter(name=f"API · {name}", x=classes, offsetgroup=name,
+                                 y=per_class_accuracy(view["target_confusion"]), mode="markers",
+                                 marker=dict(symbol="line-ew", size=6 * t["marker_size"] + 10, color=colour,
+                                             line=dict(width=t["line_width"] + 1, color=colour))))
+    fig.update_xaxes(title_text="true class", type="category")
+    fig.update_yaxes(title_text="share answered right", range=[0, 1.05])
+    return style_layout(fig, style, height, barmode="group", scattermode="group",
+                        margin=dict(l=60, r=20, t=20, b=50), legend=dict(orientation="h", y=-0.3))
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -502,10 +588,23 @@ def static_export_status() -> tuple[bool, str]:
     return True, f"Kaleido with {browser}"
 
 
+RENDER_TRIES = 3
+
+
 def render_static(fig: go.Figure, fmt: str, width: int, height: int, scale: float) -> bytes:
     ok, why = static_export_status()
     if not ok:
         raise RuntimeError(why)
     if not os.environ.get("BROWSER_PATH"):
         os.environ["BROWSER_PATH"] = shutil.which("chromium") or shutil.which("google-chrome")
-    return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+    # Kaleido's first render in a fresh browser tab can run before the tab's own script has loaded
+    # ("ReferenceError: kaleido_scopes is not defined", more often on a busy machine); a second try works.
+    for _ in range(RENDER_TRIES):
+        try:
+            return fig.to_image(format=fmt, width=width, height=height, scale=scale if fmt == "png" else 1)
+        except Exception as e:  # kaleido's errors carry raw DevTools objects: say it in one line instead
+            failure = e
+    words = failure.args[0] if failure.args else ""
+    detail = words.get("result", {}).get("description", "") if isinstance(words, dict) else str(words)
+    raise RuntimeError(f"Kaleido could not render the image after {RENDER_TRIES} tries ({type(failure).__name__}: "
+                       f"{str(detail).splitlines()[0][:160] if detail else 'no detail'})")

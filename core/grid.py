@@ -37,8 +37,10 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
@@ -266,8 +268,15 @@ class RayExecutor:
                 # CPUs are Ray's logical units: a machine with fewer cores than a cell's threads still runs it
                 cpus = max(self.num_cpus or os.cpu_count() or 1, threads)
                 options.update(num_cpus=cpus, include_dashboard=False)
+            main_thread = threading.current_thread() is threading.main_thread()
+            on_sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
                 ray.init(address=self.address or "local", **options)
+                # ray.init replaces the process's SIGTERM handler (with sys.exit, and its core worker then
+                # dumps a C++ stack and aborts, exit 134): the caller's handler (the CLI's: a run records
+                # where it stopped, exit 143) is put back.
+                if main_thread and on_sigterm is not None:
+                    signal.signal(signal.SIGTERM, on_sigterm)
             except Exception as e:
                 hint = {"auto": " (start one with `ray start --head`)",
                         "ray:": " (is the head's Ray Client port reachable? with token authentication, set "
@@ -445,7 +454,23 @@ def load_records(cells: list[Cell], out: Path) -> dict[str, dict]:
         if c.makes_folder and folder.exists() and (record is None or record["status"] != "done"):
             raise GridError(f"'{folder}' already holds files that no finished cell of this grid recorded; "
                             "delete it or choose another --out")
+        if c.makes_folder and folder.exists() and not _folder_is_cells(folder, c):
+            raise GridError(f"'{folder}' holds a run that is not cell '{c.name}' (other AdvFT settings: another "
+                            "process wrote it); move it elsewhere and run the same command again")
     return records
+
+
+def _folder_is_cells(folder: Path, cell: Cell) -> bool:
+    """Whether the run in `folder` was made with the cell's AdvFT settings (a record and a folder of the
+    same name can still disagree: another process may have written the folder)."""
+    from .advft import AdvFTConfig
+    from .runs import RunDir, RunError
+
+    try:
+        made = RunDir(folder).config().advft
+    except RunError:
+        return False
+    return asdict(made) == asdict(AdvFTConfig.from_dict(cell.advft))
 
 
 def _settle_staging(out: Path, records: dict[str, dict]) -> None:
@@ -462,7 +487,12 @@ def _settle_staging(out: Path, records: dict[str, dict]) -> None:
 
 def _commit(out: Path, cell: Cell, record: dict, staging: Path) -> None:
     """The record first (the commit point), then the run folder into place: a driver killed in between
-    leaves the folder in staging, and the next run finishes the move (_settle_staging)."""
+    leaves the folder in staging, and the next run finishes the move (_settle_staging). A folder of the
+    cell's name that another process made meanwhile stops the grid, and is left as it is."""
+    if staging.is_dir() and any(staging.iterdir()) and (out / cell.name).exists():
+        raise GridError(f"'{out / cell.name}' appeared while cell '{cell.name}' ran (another process wrote there); "
+                        "the cell's own run is discarded and that folder left as it is: move it elsewhere and run the "
+                        "same command again")
     atomic_write_json(out / "cells" / f"{cell.name}.json", record)
     if staging.is_dir():
         if any(staging.iterdir()):

@@ -38,6 +38,17 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
+def confusion(y: torch.Tensor, predicted: torch.Tensor, n_classes: int) -> list[list[int]]:
+    """counts[true class][answered class] over the given images."""
+    counts = torch.bincount(y.long() * n_classes + predicted.long(), minlength=n_classes * n_classes)
+    return counts.reshape(n_classes, n_classes).tolist()
+
+
+def per_class_accuracy(counts: list[list[int]]) -> list[float | None]:
+    """Each true class's share answered right, from a confusion (None for a class with no image)."""
+    return [row[c] / sum(row) if sum(row) else None for c, row in enumerate(counts)]
+
+
 def kl_divergence(logits_ref: torch.Tensor, logits_new: torch.Tensor) -> float:
     """Mean over samples of KL(softmax(ref) || softmax(new))."""
     log_p = F.log_softmax(logits_ref.double(), 1)

@@ -84,9 +84,45 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def read_json(path: str | Path, default=None):
+# What any JSON file the project reads may be: far above every file it writes (an atlas index is ~1 MB, a run's
+# files a few KB), and far below what breaks a reader. A file written by hand or by a hostile user that is
+# bigger or deeper is refused with that reason, where it is read: it never reaches the code that uses it.
+MAX_JSON_BYTES = 32 * 2**20
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(text: str | bytes):
+    """JSON text, checked: ValueError when it is not JSON or nests deeper than MAX_JSON_DEPTH levels
+    (json.loads itself fails on deep nesting with a RecursionError, which no caller expects)."""
     try:
-        return json.loads(Path(path).read_text())
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"nested more than {MAX_JSON_DEPTH} levels deep")
+            stack.extend((c, depth + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
+def load_json(path: str | Path):
+    """The checked JSON of a file: OSError when it cannot be read, ValueError (saying why) when it is not
+    JSON, larger than MAX_JSON_BYTES or nested too deeply."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        data = f.read(MAX_JSON_BYTES + 1)
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"{path.name} is larger than {MAX_JSON_BYTES // 2**20} MB")
+    return parse_json(data)
+
+
+def read_json(path: str | Path, default=None):
+    """load_json, or `default` for a file that is absent or does not read (callers check the shape)."""
+    try:
+        return load_json(path)
     except (OSError, ValueError):
         return default
 
@@ -124,7 +160,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d) -> "RunConfig":
-        """Raises ValueError (with what is wrong) for a file that is not a run's config."""
+        """Raises ValueError (with what is wrong) for a file that is not a run's config, down to the type of
+        each field: a list where a name belongs must not reach a page as one."""
         if not isinstance(d, dict) or not isinstance(d.get("advft"), dict) or not isinstance(d.get("victim"), str):
             raise ValueError("not a run configuration (expected an object with 'advft' and 'victim')")
         try:
@@ -133,6 +170,11 @@ class RunConfig:
             raise ValueError(f"its AdvFT settings are invalid ({e})") from None
         known = {k: d[k] for k in ("preset", "dataset", "arch", "data_source", "ood_source", "device", "created",
                                    "victim_accuracy") if k in d}
+        for k, v in known.items():
+            ok = (_number(v) is not None or v is None) if k == "victim_accuracy" else \
+                (isinstance(v, str) or (k == "preset" and v is None))
+            if not ok:
+                raise ValueError(f"not a run configuration ('{k}' is a {type(v).__name__})")
         return cls(advft=advft, victim=d["victim"], **known)
 
 
@@ -284,7 +326,7 @@ class RunDir:
     def config(self) -> RunConfig:
         """RunError when the folder is gone or config.json is not a run's configuration."""
         try:
-            raw = json.loads((self.path / "config.json").read_text())
+            raw = load_json(self.path / "config.json")
         except FileNotFoundError:
             raise RunError(f"run '{self.name}' no longer exists under {self.path.parent}") from None
         except (OSError, ValueError) as e:
@@ -298,6 +340,8 @@ class RunDir:
         st = read_json(self.path / "status.json")
         if not isinstance(st, dict) or not isinstance(st.get("status"), str):
             return {"status": "unknown", "message": "status.json is missing or damaged"}
+        if not isinstance(st.get("message", ""), str):
+            st = {**st, "message": "status.json's message is damaged"}
         if st["status"] in LIVE_STATES and not self.is_locked():
             return {**st, "status": "interrupted",
                     "message": f"was {st['status']} when its process ended; it can be resumed"}
@@ -312,7 +356,7 @@ class RunDir:
         except OSError as e:
             raise RunError(f"run '{self.name}': history.jsonl does not read ({e})") from None
         try:
-            records = [json.loads(line) for line in lines if line.strip()]
+            records = [parse_json(line) for line in lines if line.strip()]
         except ValueError as e:
             raise RunError(f"run '{self.name}': history.jsonl does not read ({str(e)[:120]})") from None
         if not all(isinstance(r, dict) for r in records):
@@ -320,7 +364,8 @@ class RunDir:
         return records
 
     def metrics(self) -> dict | None:
-        return read_json(self.path / "metrics.json")
+        m = read_json(self.path / "metrics.json")
+        return m if isinstance(m, dict) else None
 
     def load_state(self) -> dict:
         return torch.load(self.state_path, map_location="cpu", weights_only=True)
@@ -367,6 +412,8 @@ class RunDir:
             history = self.history()
         except RunError as e:
             problem = str(e)
+        if problem is None and st["status"] == "unknown":
+            problem = f"run '{self.name}': {st['message']}"
         last = history[-1] if history else {}
         return RunSummary(
             name=self.name, status=st["status"], message=str(st.get("message", "")),
@@ -377,11 +424,21 @@ class RunDir:
             kl_test=_number(last.get("kl_test")), ood_agreement=_number(last.get("ood_agreement")),
             created=cfg.created if cfg else "", has_model=self.model_path.is_file(), problem=problem)
 
-    def delete(self) -> None:
-        """Refuses (RunBusy) while a job or process writes the run."""
+    def delete(self) -> str:
+        """Delete the run's folder and say what was done. Refuses (RunBusy) while a job or process writes
+        the run. A run that is a link to a folder elsewhere loses the link only: what it points to may be
+        anyone's files. Raises RunError when files are left (no permission), rather than claim it is gone."""
         if self.is_locked():
             raise RunBusy(f"run '{self.name}' is being trained right now; stop it before deleting it")
+        if self.path.is_symlink():
+            target = os.readlink(self.path)
+            self.path.unlink()
+            return f"Removed the link '{self.name}'; the folder it points to ('{target}') is left as it is"
         shutil.rmtree(self.path, ignore_errors=True)
+        if self.path.exists():
+            raise RunError(f"could not delete every file of run '{self.name}' (permissions?); what is left is in "
+                           f"'{self.path}'")
+        return f"Deleted {self.name}"
 
 
 def list_runs(root: str | Path) -> list[RunDir]:

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from .advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, Snapshot
+from .advft import BUILD_FIELDS, AdvFT, AdvFTConfig, ConfigError, Snapshot, epoch_label
 from .data import Dataset, load_dataset, load_ood
 from .device import describe
 from .models import CheckpointError, Classifier, load_model, save_model
@@ -102,6 +102,7 @@ class RecordedRun:
         self.metrics: dict | None = None   # metrics.json, once finished
         self.frame_every = frame_interval(trainer.config)
         self.last_frame: Snapshot | None = None  # the newest frame written (what a live view shows)
+        self.state = "running"             # while open: running | paused (status.json says it with where)
 
     @classmethod
     def create(cls, out: str | Path, victim: str | Path, config: AdvFTConfig, data_dir=None, device="cpu",
@@ -125,6 +126,8 @@ class RecordedRun:
                 arch=trainer.model.arch, data_source=trainer.data.source, ood_source=trainer.ood_source,
                 device=describe(trainer.device), created=time.strftime("%Y-%m-%d %H:%M:%S"),
                 victim_accuracy=info.get("test_accuracy")))
+            self = cls(run, trainer, victim)
+            self._record_start()  # epoch 0 written (a full disk fails here, before any training)
         except BaseException:
             run.release()
             if created:  # leave no half-made folder behind (a later --out of the same name must work)
@@ -132,8 +135,6 @@ class RecordedRun:
 
                 shutil.rmtree(run.path, ignore_errors=True)
             raise
-        self = cls(run, trainer, victim)
-        self._record_start()
         return self
 
     @classmethod
@@ -174,9 +175,15 @@ class RecordedRun:
         return self.last_frame
 
     # ------------------------------------------------------------ while it runs
+    def where(self) -> str:
+        """Where the run is, in the wording of the page (core.advft.epoch_label)."""
+        c = self.trainer.config
+        return epoch_label(self.trainer.steps_done, c.i_g + c.i_f, c.epochs)
+
     def set_state(self, state: str) -> None:
-        """'running' or 'paused' (shown in listings while the run is open)."""
-        self.run.write_status(state, f"epoch {self.trainer.epoch} of {self.trainer.config.epochs}")
+        """'running' or 'paused' (shown in listings while the run is open); rewritten after every epoch."""
+        self.state = state
+        self.run.write_status(state, self.where())
 
     def step(self, action: str = "step") -> dict | None:
         """'step': the next step of Algorithm 1, recording the epoch it completes (returns its record);
@@ -201,19 +208,24 @@ class RecordedRun:
         save_model(t.model, run.model_path, protected_from=self.victim,
                    margin=t.config.margin, epochs_done=t.epoch, test_accuracy=t.history[-1]["acc_after"])
         run.save_state(t.state_dict())
-        run.write_history(t.history)  # last, so history never runs ahead of state.pt
+        run.write_history(t.history)  # after state.pt, so history never runs ahead of it
+        self.set_state(self.state)  # a listing, a second reader or a run killed later says how far it got
 
     # ------------------------------------------------------------ the end
     def close(self, status: str, message: str = "") -> dict | None:
-        """Record the final status ('finished' also writes metrics.json) and release the lock."""
+        """Record the final status ('finished' also writes metrics.json) and release the lock. If that
+        fails (the final metrics interrupted, a full disk), the run is not closed: drive() then records
+        'stopped' or 'failed', and a resume of a run whose epochs are all done only computes the metrics."""
         try:
             if status == "finished":
                 self.metrics = self.trainer.metrics()
                 self.run.write_metrics(self.metrics)
-            self.run.write_status(status, message or f"epoch {self.trainer.epoch} of {self.trainer.config.epochs}")
-        finally:
-            self.status = status
-            self.run.release()
+            self.run.write_status(status, message or self.where())
+        except BaseException:
+            self.metrics = None
+            raise
+        self.status = status
+        self.run.release()
         return self.metrics
 
 
@@ -237,15 +249,21 @@ def drive(run: RecordedRun, next_action: Callable[[], str | None] = lambda: "ste
         return "finished"
     except KeyboardInterrupt:
         if run.status is None:
-            run.close("stopped", f"interrupted during epoch {t.epoch + 1}; resume it (--resume, or Resume in the app)")
+            where = "while computing the final metrics" if t.finished else f"during epoch {t.epoch + 1}"
+            _close_anyway(run, "stopped", f"interrupted {where}; resume it (--resume, or Resume in the app)")
         raise
     except BaseException as e:
         if run.status is None:
-            try:
-                run.close("failed", one_line(e))
-            except OSError:
-                run.run.release()  # the run folder itself may be what went away
+            _close_anyway(run, "failed", one_line(e))
         raise
+
+
+def _close_anyway(run: RecordedRun, status: str, message: str) -> None:
+    """The final status of a run that went wrong; the lock is released even if the folder cannot be written."""
+    try:
+        run.close(status, message)
+    except BaseException:
+        run.run.release()  # the run folder itself may be what went away, or the disk is full
 
 
 def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTConfig | None = None, data_dir=None,
@@ -264,14 +282,17 @@ def run_advft(out: str | Path, victim: str | Path | None = None, config: AdvFTCo
 
 
 RECORDED_DIR = ASSETS / "recorded"
-RECORDED_FRAMES = 24  # frames kept in a recording: a replay of a few seconds, ~0.8-1 MB a run (3 runs <= 3 MB)
+RECORDED_FRAMES = 24  # frames kept in a recording: a replay of a few seconds, ~0.8-1 MB a run
+# M_F's weights are kept (in float16) when that is this small: the app's probe needs them, and a 2-D LeNet
+# is ~160 KB that way; a ResNet-18 (1.4 MB) would double a recording, so its probe shows M_R only.
+RECORDED_MODEL_BYTES = 400_000
 
 
 def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_FRAMES) -> RunDir:
     """A compact, read-only copy of a finished run for shipping (assets/recorded): its config, status,
     history, metrics and epoch snapshots, and `frames` of its frames, evenly spaced (the first and the
-    last kept), made compact; not its model or state (the app only shows it). `command` is how it was
-    made (shown in the app)."""
+    last kept), made compact; its model M_F in float16 when that is at most RECORDED_MODEL_BYTES (the
+    app's probe runs it); never its trainer state. `command` is how it was made (shown in the app)."""
     import shutil
 
     if run.status().get("status") != "finished":
@@ -283,13 +304,24 @@ def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_F
     for name in ("config.json", "status.json", "history.jsonl", "metrics.json"):
         shutil.copy2(run.path / name, out.path / name)
     steps = run.frame_steps()
-    keep = sorted({steps[round(i * (len(steps) - 1) / max(1, frames - 1))] for i in range(min(frames, len(steps)))})
+    keep = evenly(steps, frames)
     for snapshot in [run.load_snapshot(e) for e in run.snapshot_epochs()]:
         out.save_snapshot(compact(snapshot))
     for step in keep:
         out.save_frame(compact(run.load_frame(step)))
+    if run.model_path.is_file():
+        ckpt = torch.load(run.model_path, map_location="cpu", weights_only=True)
+        ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        if sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values()) <= RECORDED_MODEL_BYTES:
+            atomic_torch_save(ckpt, out.model_path)  # load_model casts it back to float32
     (out.path / "RECORDED.json").write_text(json.dumps({"command": command}, indent=2) + "\n")
     return out
+
+
+def evenly(items: list, n: int) -> list:
+    """At most n of `items`, evenly spaced, the first and the last kept (a recording's frames, an animation's)."""
+    n = min(n, len(items))
+    return [items[i] for i in sorted({round(k * (len(items) - 1) / max(1, n - 1)) for k in range(n)})]
 
 
 def compact(snapshot: Snapshot) -> Snapshot:
@@ -310,6 +342,14 @@ def compact(snapshot: Snapshot) -> Snapshot:
 def recorded_runs() -> list[RunDir]:
     """The recordings shipped in assets/recorded (see `python -m core record`)."""
     return [RunDir(p) for p in sorted(RECORDED_DIR.glob("*")) if (p / "RECORDED.json").is_file()]
+
+
+def run_by_name(name: str, runs_dir: Path) -> RunDir:
+    """A run by its folder name: under the runs dir, else one of the recordings shipped in assets/recorded."""
+    run = RunDir(Path(runs_dir) / name)
+    if not run.path.exists() and (RECORDED_DIR / name / "RECORDED.json").is_file():
+        return RunDir(RECORDED_DIR / name)
+    return run
 
 
 # ---------------------------------------------------------------- M_R before any training

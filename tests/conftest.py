@@ -4,14 +4,34 @@ skip only when it is truly absent, and .ci/run always provides it."""
 import os
 from pathlib import Path
 
-import pytest
-import torch
+# The suite runs in two processes on two cores (README's test command), beside servers, browsers and
+# workers: OpenMP threads that spin while they wait for work would take cores the others need. Set before
+# torch loads OpenMP; the processes the tests start inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# An app job trains on every core by default (app/jobs.py: job_threads); here it shares them with the other
+# test process, a browser and a server: one thread each.
+os.environ.setdefault("ADVFT_JOB_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ADVFT_DATA_DIR") or ROOT.parent / "shared" / "data")
 MNIST_VICTIM = ROOT / "assets" / "victims" / "mnist_lenet2d.pt"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+# Under the README's `-n 2 --dist loadfile --no-loadscope-reorder` each file runs whole in one of two
+# processes, taken in this order as a process comes free: the longest files first (minutes each on a
+# 2-core machine) keep both processes busy to the end; the Ray grid first, while the other process draws
+# in a browser rather than trains, and the two browser files apart.
+LONGEST_FILES = ("test_grid.py", "test_browser.py", "test_hardening.py", "test_presenter_keys.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ MF_POINTS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!
 # The step of the frame the Fig. 5 chart has drawn (core.figures.frame_meta; app/chart.js sets it once drawn).
 DRAWN_STEP = ("() => { const e = document.querySelector('.js-plotly-plot');"
               " return e && e.layout && e.layout.meta ? e.layout.meta.step : null; }")
+# The points drawn in the M_R and M_F panels (SVG paths), for every trace of each.
+PANEL_POINTS = ("() => ['xy', 'x2y2'].map(s => document.querySelectorAll("
+                "`.js-plotly-plot .subplot.${s} .scatterlayer path.point`).length)")
 # The zoom panel's OOD crosses in screen pixels (data coordinates through the drawn axis scale).
 ZOOM_OOD_PIXELS = ("() => { const e = document.querySelector('.js-plotly-plot'); if (!e || !e.data) return null;"
                    " const t = (e._fullData || []).find(t => t.meta === 'zoom:ood'); const L = e._fullLayout;"
@@ -74,22 +77,49 @@ def streamlit_server(env: dict, log: Path, timeout: float = 60):
 
 
 @contextlib.contextmanager
-def chromium_page(downloads: Path | None = None):
+def chromium():
+    """Debian's Chromium, driven by Playwright; closed on exit."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True)
-            yield context.new_page()
+            yield browser
         finally:
             browser.close()
+
+
+def new_page(browser):
+    """A tab in a fresh browser context (its own cookies and storage: a new Streamlit session)."""
+    return browser.new_context(viewport={"width": 1500, "height": 1000}, accept_downloads=True).new_page()
+
+
+@contextlib.contextmanager
+def tab(browser):
+    """new_page, closed (with its context) on exit."""
+    page = new_page(browser)
+    try:
+        yield page
+    finally:
+        page.context.close()
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """One tab in a browser of its own."""
+    with chromium() as browser, tab(browser) as page:
+        yield page
 
 
 def wait_loaded(page, timeout_ms: int = 240_000) -> None:
     """What Streamlit's own e2e suite waits for, then the Fig. 5 panels."""
     page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=timeout_ms)
     page.wait_for_function(FIG5_DRAWN, timeout=timeout_ms)
+
+
+def wait_idle(page, timeout_ms: int = 120_000) -> None:
+    """Until the page's script run has ended (what Streamlit's own e2e suite waits for after an input)."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout_ms)
 
 
 def slider_step(page, label: str, key: str = "ArrowRight") -> None:
@@ -104,12 +134,66 @@ def wait_mf_change(page, before, timeout_ms: int = 30_000) -> None:
 
 
 def wait_settled(page, quiet_ms: int = 1000, timeout_ms: int = 30_000) -> None:
-    """Until the M_F panel has not changed for `quiet_ms` (after Pause, the frames already on their way
-    still land for a moment; a toolbar click during such a redraw can be lost)."""
+    """Until the M_F panel is drawn and has not changed for `quiet_ms` (after Pause, the frames already on
+    their way still land for a moment; a toolbar click during such a redraw can be lost)."""
     page.wait_for_function(
         f"""quiet => {{ const now = ({MF_POINTS})(); const t = performance.now();
+            if (now === null) {{ window.__settled = undefined; return false; }}
             if (window.__settled === undefined || window.__settled.points !== now) window.__settled = {{points: now, since: t}};
             return t - window.__settled.since >= quiet; }}""", arg=quiet_ms, timeout=timeout_ms, polling=100)
+
+
+def mark_page(page) -> None:
+    """A mark on the page's window that a reload (app/recover.js) drops: see same_page."""
+    page.evaluate("() => { window.__same_page = true; }")
+
+
+def same_page(page) -> bool:
+    """Whether the page still holds mark_page's mark: False once it has reloaded, or while it navigates away."""
+    from playwright.sync_api import Error
+
+    try:
+        return page.evaluate("() => window.__same_page === true")
+    except Error as e:
+        if "context was destroyed" in str(e):
+            return False
+        raise
+
+
+def wait_or_reload(page, js: str, timeout_ms: int) -> None:
+    """Until the JS predicate holds or the page has reloaded itself (mark_page first)."""
+    from playwright.sync_api import Error
+
+    try:
+        page.wait_for_function(f"() => window.__same_page !== true || ({js})()", timeout=timeout_ms)
+    except Error as e:
+        if "context was destroyed" not in str(e):  # a timeout, or anything else: the test's failure
+            raise
+
+
+def until_done_or_reloaded(page, act, done_js: str, timeout_ms: int = 60_000) -> None:
+    """act(), then wait until the page says `done_js` (a JS predicate). Should app/recover.js reload the page
+    meanwhile (Streamlit's frontend lost its elements, under load about once in a few minutes of a live
+    run), the action may have been lost with the old page: once the reloaded page is drawn, act() runs once
+    more unless it shows the action done, as a user would press again."""
+    for _ in range(2):
+        mark_page(page)
+        act()
+        wait_or_reload(page, done_js, timeout_ms)
+        if same_page(page):
+            return
+        wait_loaded(page)
+        if page.evaluate(done_js):
+            return
+    raise AssertionError("the page reloaded itself twice")
+
+
+def timeline_steps(run) -> list[int]:
+    """The steps of a run's timeline options in order: what DRAWN_STEP reads as each one is drawn."""
+    from app.timeline import Timeline
+
+    t = Timeline.of(run, live=False)
+    return [n * t.per_epoch if kind == "epoch" else n for kind, n in map(t.parse, t.options)]
 
 
 def job_state(page) -> str:

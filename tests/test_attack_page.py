@@ -54,6 +54,10 @@ def test_tiny_attack_lands_in_the_table(page, tmp_path):
     assert row["curve"][-1]["queries"] == 1000 and 0 <= row["acc_ms_after_final"] <= row["acc_ms_after"] <= 1
     assert any("finished" in s.value for s in at.success)
     assert at.dataframe, "the results table is drawn"
+    # The thief's view of the one result, on both sides until a second attack is saved.
+    assert any("thief's view" in h.value for h in at.subheader)
+    assert at.selectbox(key="tv_left").value == at.selectbox(key="tv_right").value
+    assert at.selectbox(key="tv_left").value.startswith("1. original M_R · mnist_lenet2d · unprotected · knockoff")
     table = open_page().dataframe[0].value  # a new tab (session) lists the saved result
     assert list(table["before: Q"]) == ["1,000"] and list(table["after: m"]) == ["-"]
     assert list(table["after: KL_test"]) == ["0"]

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from core.attacks import (AdaptiveMisinformation, AttackConfig, BlackBoxAPI, BudgetExhausted, DeceptivePerturbation,
-                          DefenceConfig, make_api, run_attack, train_misinformation_model, transfer_pool)
+                          DefenceConfig, example_images, make_api, run_attack, thief_view, thief_view_problem,
+                          train_misinformation_model, transfer_pool)
 from core.cli import main
 from core.data import DATASETS, to_float
+from core.metrics import outputs
 from core.models import build_model
 from tests.conftest import MNIST_VICTIM
 
@@ -112,6 +114,35 @@ def test_knockoff_end_to_end(victim, mnist, data_dir, sampling, labels):
         assert set(r.extra["policy"]) == set(DATASETS["cifar10"].classes)  # CIFAR-10's labels are the actions
         assert sum(r.extra["picks"].values()) == 2000
     json.loads(json.dumps(r.to_dict()))
+    # The thief's view: both confusions over the scored test images, agreeing with the accuracies reported.
+    view = r.thief_view
+    assert thief_view_problem(view) is None and view["classes"] == list(mnist.classes)
+    for key, acc in (("surrogate_confusion", r.surrogate_acc), ("target_confusion", r.target_acc)):
+        counts = torch.tensor(view[key])
+        assert int(counts.sum()) == view["images"] and float(counts.trace() / counts.sum()) == pytest.approx(acc)
+        assert counts.sum(1).tolist() == torch.bincount(mnist.y_test[:view["images"]], minlength=10).tolist()
+    ex = view["examples"]
+    assert ex["truth"] == sorted(ex["truth"]) and set(ex["truth"]) == set(range(10))
+    y = mnist.y_test[:view["images"]]
+    firsts = [i for c in range(10) for i in (y == c).nonzero().flatten()[:2].tolist()]
+    assert (torch.from_numpy(example_images(view).copy()) == mnist.x_test[firsts]).all()
+
+
+def test_a_damaged_thief_view_is_named_not_drawn(victim, mnist):
+    n = 300
+    target = outputs(victim, mnist.x_test[:n])[1]
+    view = thief_view(mnist.x_test[:n], mnist.y_test[:n], target, -target, mnist.classes)
+    assert thief_view_problem(view) is None
+    assert sum(map(sum, view["surrogate_confusion"])) - sum(view["surrogate_confusion"][c][c] for c in range(10)) > 0.8 * n
+    damaged = [({**view, "classes": "0123456789"}, "'classes'"),
+               ({**view, "target_confusion": view["target_confusion"][:9]}, "'target_confusion' is not a 10 x 10"),
+               ({**view, "surrogate_confusion": [[-1] * 10] * 10}, "'surrogate_confusion'"),
+               ({**view, "examples": {**view["examples"], "pixels": "not base64!"}}, "not base64"),
+               ({**view, "examples": {**view["examples"], "shape": [20, 1, 28, 27]}}, "bytes, not the"),
+               ({**view, "examples": {**view["examples"], "surrogate": [10] * 20}}, "'examples.surrogate'"),
+               ([], "not an object")]
+    for bad, says in damaged:
+        assert says in (thief_view_problem(bad) or ""), says
 
 
 def test_knockoff_is_deterministic_and_falls_back_offline(victim, mnist, tmp_path):

@@ -75,6 +75,20 @@ def test_advft_happy_path(tmp_path, capsys, small_data_dir):
     assert code == 0 and json.loads(stdout)["epochs_done"] == 1
 
 
+def test_advft_prints_one_line_per_epoch_where_no_bar_is_drawn(tmp_path, small_data_dir):
+    """Output to a log file (not a terminal): no progress bar, so one line per epoch instead of silence."""
+    log = tmp_path / "advft.log"
+    with log.open("w") as f:
+        r = subprocess.run([sys.executable, "-m", "core", "advft", "--victim", MNIST_VICTIM, "--epochs", "2", "--ig", "2",
+                            "--if", "3", "--batch-size", "16", "--out", tmp_path / "run", "--data-dir", small_data_dir],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=f, timeout=600)
+    text = log.read_text()
+    assert r.returncode == 0, text
+    lines = [line for line in text.splitlines() if line.startswith("AdvFT ")]
+    assert [line.split(":")[0] for line in lines] == ["AdvFT end of epoch 1 of 2", "AdvFT end of epoch 2 of 2"], text
+    assert all("Acc_MF" in line and "OOD agreement" in line for line in lines)
+
+
 @pytest.mark.parametrize("args, message", [
     (["train-victim", "--dataset", "imagenet", "--out", "X"], "invalid choice"),
     (["train-victim", "--dataset", "mnist", "--arch", "vgg", "--out", "X"], "invalid choice"),

@@ -57,6 +57,25 @@ def test_drive_finishes_and_writes_metrics(trainer, tmp_path, monkeypatch):
     assert run.run.summary().epoch == 2 and run.run.snapshot_epochs() == [0, 1, 2]
 
 
+
+def test_status_json_says_where_the_run_is_in_the_pages_words(trainer, tmp_path, monkeypatch):
+    """status.json follows the run epoch by epoch, worded as the timeline and the charts word it."""
+    monkeypatch.setattr(advft.AdvFT, "metrics", lambda self: dict(self.history[-1], epochs_done=self.epoch))
+    run = RecordedRun.create(tmp_path / "r", str(MNIST_VICTIM), trainer.config, trainer=trainer)
+    assert status(tmp_path / "r") == {"status": "running", "message": "start (M_F = M_R)"}
+    seen = []
+    drive(run, on_step=lambda action, record: seen.append(status(tmp_path / "r")["message"]) if record else None)
+    assert seen == ["end of epoch 1 of 2", "end of epoch 2 of 2"]
+    assert status(tmp_path / "r") == {"status": "finished", "message": "end of epoch 2 of 2"}
+
+
+def test_one_wording_of_the_epoch_shown():
+    per_epoch = 175  # the lecture preset: 25 G + 150 F steps
+    assert advft.epoch_label(0, per_epoch) == "start (M_F = M_R)"
+    assert advft.epoch_label(99, per_epoch) == "epoch 1 · step 99"  # the first epoch, in progress
+    assert advft.epoch_label(350, per_epoch, 15) == "end of epoch 2 of 15"
+    assert advft.epoch_label(390, per_epoch, 15) == "epoch 3 of 15 · step 40"
+
 @pytest.mark.slow
 def test_drive_records_stop_failure_and_interrupt(victim, mnist_small, cifar_probe, tmp_path, monkeypatch):
     def fresh(name):
@@ -81,6 +100,20 @@ def test_drive_records_stop_failure_and_interrupt(victim, mnist_small, cifar_pro
     with pytest.raises(KeyboardInterrupt):
         drive(run)
     assert status(tmp_path / "interrupted")["status"] == "stopped"
+
+
+def test_deleting_a_linked_run_removes_the_link_only_and_says_so(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "config.json").write_text("{}")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "linked").symlink_to(elsewhere)
+    said = RunDir(tmp_path / "runs" / "linked").delete()
+    assert "Removed the link 'linked'" in said and str(elsewhere) in said
+    assert not (tmp_path / "runs" / "linked").exists() and (elsewhere / "config.json").is_file()
+    (tmp_path / "runs" / "plain").mkdir()
+    assert RunDir(tmp_path / "runs" / "plain").delete() == "Deleted plain"
+    assert not (tmp_path / "runs" / "plain").exists()
 
 
 def test_one_writer_per_run_folder_and_deletion_waits(trainer, tmp_path):

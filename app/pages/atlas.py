@@ -29,12 +29,20 @@ def open_atlas(path: str, stamp: int) -> Atlas:
     return atlas
 
 
-def atlases() -> dict[str, Path]:
-    found = {p.name: p for p in shipped_atlases()}
+def atlases() -> tuple[dict[str, Path], list[str]]:
+    """The bundles to choose from (shipped, then the user's own, which replace a shipped one of the same
+    name) and the problems of the user's bundles that do not open (those are left out, never chosen)."""
+    found, damaged = {p.name: p for p in shipped_atlases()}, []
     mine = session.runs_dir() / RUNS_ATLAS
     if mine.is_dir():
-        found.update({p.name: p for p in sorted(mine.iterdir()) if (p / "atlas.json").is_file()})
-    return found
+        for p in sorted(mine.iterdir()):
+            if (p / "atlas.json").is_file():
+                try:
+                    Atlas(p)
+                    found[p.name] = p
+                except RunError as e:
+                    damaged.append(str(e))
+    return found, damaged
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -112,7 +120,9 @@ def numbers(cell: AtlasCell) -> None:
 def main() -> None:
     st.title("Atlas: margin × epochs, precomputed")
     views.show_url_warnings()
-    found = atlases()
+    found, damaged = atlases()
+    for problem in damaged:
+        st.warning(f"{views.plain(problem)}. Left out; the other atlases are not affected.")
     if not found:
         st.info("No atlas here yet. Make one (about an hour on a 2-core CPU for the default grid):")
         st.code("python -m core atlas --victim mnist_lenet2d --out runs/atlas-grid --bundle runs/atlas/mnist_lenet2d",

@@ -22,7 +22,7 @@ from app.tasks import (DEFENCE_LABELS, TOY_ATTACK, TOY_EPOCHS, TOY_MARGINS, TOY_
                        clear_results, load_results)
 from core import figures
 from core.advft import PRESETS
-from core.attacks import ATTACKS, AttackConfig, DefenceConfig
+from core.attacks import ATTACKS, AttackConfig, DefenceConfig, example_images, thief_view_problem
 from core.errors import UserError
 from core.knobs import BY_NAME
 from core.experiments import AM_SIMPLIFIED, column_names, formatted, with_before
@@ -46,7 +46,62 @@ def last_score(curve: list[dict]) -> str:
     """The surrogate's latest accuracy and when it was measured (KnockoffNets scores only after training)."""
     if not curve:
         return "surrogate not scored yet"
-    return f"surrogate acc {curve[-1]['acc']:.3f} (scored at {curve[-1]['queries']:,} queries)"
+    return f"surrogate {100 * curve[-1]['acc']:.1f}% right (scored at {curve[-1]['queries']:,} queries)"
+
+
+def protection(r: dict) -> str:
+    """How a saved attack's target was protected, in a few words."""
+    said = "unprotected" if r.get("m") is None else f"AdvFT m = {r['m']:g}"
+    if r.get("defence", "none") != "none":
+        said += f" + {DEFENCE_LABELS.get(r['defence'], r['defence'])}"
+    return said
+
+
+def result_label(i: int, r: dict) -> str:
+    return f"{i}. {r['target']} · {protection(r)} · {r['attack']} ({r['labels']}), Q {r['q']:,}"
+
+
+def thief_view(results: list[dict], style: str, export: views.Export) -> None:
+    """What the thief got, for two saved attacks side by side (by default the latest on an unprotected target
+    and the latest on a protected one): both models' confusions, test digits with both answers, and the
+    accuracy per class. Drawn from the saved results, so it opens later without the models."""
+    saved = [(i, r, thief_view_problem(r["thief_view"])) for i, r in enumerate(results, 1)
+             if r.get("thief_view") is not None]
+    viewable = {result_label(i, r): r for i, r, problem in saved if problem is None}
+    unreadable = len(saved) - len(viewable)
+    if not viewable:
+        return
+    st.subheader("The thief's view: what the stolen copy answers")
+    views.explain("On the ID test set (what honest users ask): the attacked model's answers (the API's) beside "
+                  "the surrogate's (the thief's). Against the unprotected original the thief copies the diagonal; against AdvFT's M_F it does not, "
+                  "while the attacked model's own answers stay the same. Captions under the digits: "
+                  "<em>the API's answer · the thief's answer</em>, a wrong one in red with ✗.")
+    if unreadable:
+        st.caption(f"{unreadable} saved result(s) carry a thief's view this page cannot read; they are left out.")
+    labels = list(viewable)
+    plain_ones = [k for k in labels if viewable[k].get("m") is None and viewable[k].get("defence", "none") == "none"]
+    left_default = plain_ones[-1] if plain_ones else labels[0]
+    others = [k for k in labels if k != left_default]
+    right_default = next((k for k in reversed(others) if k not in plain_ones), others[-1] if others else left_default)
+    columns = st.columns(2)
+    chosen = {}
+    for col, side, default in zip(columns, ("left", "right"), (left_default, right_default)):
+        label = col.selectbox(f"Attack on the {side}", labels, index=labels.index(default), key=f"tv_{side}")
+        view = viewable[label]["thief_view"]
+        chosen[side] = (label, view, protection(viewable[label]))
+        confusions = figures.thief_confusions(view, style)
+        answers = figures.thief_answers(view, example_images(view), style)
+        st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}),
+                                          f"thief's view {side} (confusions)": confusions,
+                                          f"thief's view {side} (answers)": answers}
+        with col:
+            views.chart(confusions, f"tv_confusions_{side}", export.config(f"thief-confusions-{side}"))
+            views.chart(answers, f"tv_answers_{side}", export.config(f"thief-answers-{side}"))
+    per_class = figures.thief_per_class({f"{side} ({said})": view for side, (_, view, said) in chosen.items()}, style)
+    st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), "thief's view (per class)": per_class}
+    views.chart(per_class, "tv_per_class", export.config("thief-per-class"))
+    st.caption(f"Per class: the share of the test images each thief answers right (bars) and each attacked model "
+               f"(markers). Left: {views.plain(chosen['left'][0])}. Right: {views.plain(chosen['right'][0])}.")
 
 
 # ---------------------------------------------------------------- the page
@@ -63,9 +118,13 @@ data_dir = str(session.data_dir())
 dev = str(session.device())
 holder = session.session_task()
 results_dir = session.runs_dir() / ".attacks"  # finished attacks and sweeps, shared by every tab (app/tasks.py)
-results, sweeps = load_results(results_dir)
+results, sweeps, damaged = load_results(results_dir)
 
 all_targets = attack_targets(session.runs_dir())
+# The target this tab chose, if it is gone (a run deleted in another tab): the selectbox would quietly fall
+# back to its default, and Launch would attack a model nobody chose.
+vanished = st.session_state.get("a_target")
+vanished = vanished if vanished is not None and vanished not in all_targets else None
 # Plain widgets, not a form: "Protect & attack" below must use the settings on screen, not the last submitted.
 with st.container(border=True):
     c1, c2, c3 = st.columns(3)
@@ -136,7 +195,10 @@ except (UserError, ValueError) as e:
     if launch or protect:
         st.error(str(e))
 runs = str(session.runs_dir())
-if launch and attack_cfg and not busy:
+if vanished:
+    st.error(f"The target **{views.plain(vanished)}** no longer exists (deleted, perhaps in another tab); nothing "
+             "was launched. Choose a target above.")
+if launch and attack_cfg and not busy and not vanished:
     start(f"{attack_name} on {label}", "attack", target=all_targets[label], attack=asdict(attack_cfg),
           defence=asdict(defence_cfg))
 elif launch and busy:
@@ -196,9 +258,13 @@ def live() -> None:
         st.rerun()  # the task ended: its saved result joins the table, the buttons come back on
 
 
-live()
+with st.container(key="live_attack"):  # assets/style/app.css: a live area never fades while it reruns
+    live()
 
 st.subheader("Results, in the layout of the paper's Tables 2-3")
+if damaged:
+    st.warning(views.plain(f"Left out {len(damaged)} saved file(s) under '{results_dir}' that are not results of this "
+                           f"app: {'; '.join(damaged[:3])}{' …' if len(damaged) > 3 else ''}. Clear results removes them."))
 if results:
     rows = with_before(results)  # Acc_MS before: the same attack on an unprotected target, when you ran it
     heads, cells = formatted(rows)
@@ -210,13 +276,17 @@ if results:
                   "honest users asking for soft answers get from the target behind its defence, against the original "
                   "M_R, whatever labels the thief asked for. AM is a simplified version of adaptive misinformation "
                   "(see the API defence's help).")
-    views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k != "curve"} for r in rows],
+    views.metrics_downloads("attack-results", [{k: v for k, v in r.items() if k not in ("curve", "thief_view")} for r in rows],
                             "attack_results")
     if st.button("Clear results", key="a_clear", help="Deletes the saved results of every tab"):
         clear_results(results_dir)
         st.rerun()
+    thief_view(results, ui.style, export)
 else:
     st.caption("No finished attacks yet.")
+    if damaged and st.button("Clear results", key="a_clear_damaged", help="Deletes the saved results of every tab"):
+        clear_results(results_dir)
+        st.rerun()
 
 for i, report in enumerate(sweeps[-3:]):
     if not report["rows"]:

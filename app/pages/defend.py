@@ -7,7 +7,9 @@ The controller of the main page, top to bottom:
                  process, app/worker.py, so the page never waits for a training step);
     live_area    one fragment, rerun every 0.3 s while a job is active: the transport buttons, the status,
                  the timeline (app/timeline.py) and the figures of the chosen snapshot (core/figures.py,
-                 drawn by app/views.py).
+                 drawn by app/views.py);
+    exports      server-side images of the charts, and the run's frames as an animated GIF or video
+                 (core/animate.py, drawn by views.animation_export).
 """
 
 from __future__ import annotations
@@ -260,7 +262,8 @@ def main() -> None:
     st.title("Defend: adversarial fine-tuning, live")
     views.show_url_warnings()
     if "data_notice" in st.session_state:
-        st.warning(st.session_state.data_notice, icon="💾")
+        note, details = st.session_state.data_notice
+        st.caption(note, help=details)  # a calm note: the offline demo is a working default, not an error
     sidebar(ui, locked=active)
     ui = session.ui_state()
     config_error = None
@@ -272,11 +275,14 @@ def main() -> None:
     if ui.view == "full" and (changed := ui.knobs_differ_from_preset()):
         st.caption(f"Changed from the *{UI_PRESETS[ui.preset].label}* preset: {', '.join(changed)}")
 
+    views.presenter_keys()
     export = views.export_settings()
     replay = timeline.replay_of(ui.run)
     every = 1 / replay.fps if replay else LIVE_REFRESH_S if active else None
-    st.fragment(run_every=every)(live_area)(export, config_error, active)
+    with st.container(key="live"):  # assets/style/app.css: a live area never fades while it reruns
+        st.fragment(run_every=every)(live_area)(export, config_error, active)
     views.server_export(st.session_state.get("charts", {}), export, name=ui.run or ui.victim, key="defend")
+    views.animation_export(session.run_folder(ui.run) if ui.run else None, ui.style, key="defend")
 
 
 main()

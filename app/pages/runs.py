@@ -14,7 +14,7 @@ from app import session, views
 from app.state import for_run
 from core import figures
 from core.data import DATASETS
-from core.runs import RunBusy, RunDir, RunError, list_runs
+from core.runs import RunDir, RunError, list_runs
 
 
 def runs_table(runs: list[RunDir]) -> tuple[list[dict], dict[str, str]]:
@@ -73,11 +73,11 @@ def delete_controls(run: RunDir) -> None:
     if c1.button("Yes, delete it", type="primary", key="confirm_delete"):
         st.session_state.pop("pending_delete", None)
         try:
-            run.delete()
-        except RunBusy as e:  # it started training in another tab since this page was drawn
+            done = run.delete()
+        except RunError as e:  # it started training in another tab since this page was drawn, or files are left
             st.error(views.plain(e))
             return
-        st.toast(views.plain(f"Deleted {run.name}"))
+        st.toast(views.plain(done))
         st.rerun()
     if c2.button("Cancel", key="cancel_delete"):
         st.session_state.pop("pending_delete", None)
