@@ -218,3 +218,30 @@ def held_axes(key: str, snapshot: Snapshot, kind: str, seed: int):
                 return figures.fixed_axes(snapshot, "umap", seed)
         return figures.fixed_axes(snapshot, "pca", seed)
     return held("axes", (key, kind), build)
+
+
+# ---------------------------------------------------------------- the probe's models and OOD images
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _model(path: str, stamp: int):
+    from core.models import load_model
+
+    return load_model(path, "cpu")  # one image at a time: the CPU answers in a millisecond
+
+
+def model(path: Path):
+    """A checkpoint's model, loaded once per version of the file (a live run saves M_F after each epoch);
+    None when there is none. CheckpointError (a readable message) for one that does not load."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    return _model(str(path), path.stat().st_mtime_ns)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading OOD images…")
+def ood_examples(source: str, shape: tuple, data_dir: str, n: int = 48):
+    """A few OOD images of the run's source to probe with (another seed than the run's probes)."""
+    from core.data import load_ood
+
+    return load_ood(source, shape, n, data_dir, seed=7)

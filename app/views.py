@@ -390,3 +390,92 @@ def recorded_picker(runs, open_run) -> None:
         for col, run in zip(cols[1:], runs):
             col.button(run.name.removeprefix("recorded-"), key=f"open_{run.name}", icon=":material/movie:",
                        on_click=open_run, args=(run.name,), width="stretch")
+
+
+# ---------------------------------------------------------------- probe your own input (Defend)
+
+
+_DRAW = st.components.v2.component("advft_draw", js=(Path(__file__).parent / "draw.js").read_text(),
+                                   isolate_styles=False)
+PROBE_SOURCES = ("Draw a digit", "Upload an image", "An OOD image")
+PNG_DATA_URL = "data:image/png;base64,"
+
+
+def probe_source() -> str:
+    """Where the probed input comes from (one row, above the input itself)."""
+    return st.segmented_control("Input to probe", PROBE_SOURCES, default=PROBE_SOURCES[0], key="probe_source",
+                                label_visibility="collapsed") or PROBE_SOURCES[0]
+
+
+def probe_input(source: str, shape: tuple[int, int, int], ood_images) -> tuple["np.ndarray | None", str]:
+    """The input to probe from `source` (one of PROBE_SOURCES) as uint8 C x H x W in the victim's shape, and a
+    few words on what it is; (None, a hint) when there is none yet. `ood_images()` gives the OOD images to
+    pick from (loaded when asked)."""
+    import base64
+    import binascii
+
+    from core.data import DataError
+    from core.probe import as_digit, as_photo, decode_image
+
+    def digit(image, invert=False):
+        d = as_digit(image, invert)
+        return None if d is None else d if tuple(d.shape) == tuple(shape) else as_photo(d[0], shape)
+
+    try:
+        if source == PROBE_SOURCES[0]:
+            st.caption("Draw a digit (white on black, like MNIST), then let go.")
+            url = _DRAW(key="probe_canvas", on_drawing_change=lambda: None).drawing
+            if not isinstance(url, str) or not url.startswith(PNG_DATA_URL):
+                return None, "Draw a digit in the box."
+            try:
+                data = base64.b64decode(url[len(PNG_DATA_URL):], validate=True)
+            except (binascii.Error, ValueError):
+                return None, "The drawing did not arrive whole; draw again."
+            image = digit(decode_image(data, "the drawing"))
+            return (image, "your drawing, laid out as MNIST's digits are") if image is not None else \
+                (None, "Draw a digit in the box.")
+        if source == PROBE_SOURCES[1]:
+            up = st.file_uploader("An image", type=["png", "jpg", "jpeg", "webp", "gif", "bmp"], key="probe_upload",
+                                  label_visibility="collapsed")
+            as_a_digit = st.checkbox("It is a dark digit on a light background: lay it out as MNIST's digits",
+                                     key="probe_as_digit")
+            if up is None:
+                return None, "Upload a photo (or a picture of a digit)."
+            rgb = decode_image(up.getvalue(), f"'{up.name}'")
+            if as_a_digit:
+                image = digit(rgb, invert=True)
+                return (image, f"'{up.name}' as a digit") if image is not None else (None, f"'{up.name}' has no ink")
+            return as_photo(rgb, shape), f"'{up.name}', resized as the OOD probes are"
+        images = ood_images()
+        i = st.slider("OOD image", 0, len(images.x) - 1, key="probe_ood")
+        return images.x[i].numpy(), f"OOD image {i} ({images.source})"
+    except DataError as e:
+        return None, f"That image cannot be probed: {plain(e)}"
+
+
+def probe_answers(result, classes, where: str, shifts: tuple[float, float] | None) -> None:
+    """Both models' top answers and how far AdvFT moved the input, beside the image the models saw."""
+    def lines(answer) -> str:
+        return "  \n".join(f"**{plain(classes[c])}** · {100 * p:.1f}%" for c, p in answer.top)
+
+    left, right = st.columns(2)
+    left.markdown(f"**M_R answers**  \n{lines(result.before)}")
+    if result.after is None:
+        right.caption("No M_F yet: start a run (or open one) to see where AdvFT moves this input.")
+        return
+    right.markdown(f"**M_F answers** ({plain(where)})  \n{lines(result.after)}")
+    if shifts is not None:
+        id_shift, ood_shift = shifts
+        st.caption(f"AdvFT moved this input's features by **{result.shift:.2f}**; on median it moves a test digit "
+                   f"by {id_shift:.2f} and an OOD image by {ood_shift:.2f} (this snapshot's probes). "
+                   "A digit should stay put, a photo should jump.")
+
+
+def probe_image(image) -> None:
+    """The input as the models see it, enlarged without smoothing."""
+    import numpy as np
+
+    x = np.asarray(image)
+    x = x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)
+    scale = max(1, 112 // x.shape[0])
+    st.image(np.kron(x, np.ones((scale, scale) + (1,) * (x.ndim - 2), dtype=np.uint8)), caption="what the models see")

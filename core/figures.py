@@ -296,6 +296,43 @@ def refresh_fig5(fig: go.Figure, snapshot: Snapshot, proj: Projection, ranges: R
         _square_axes(fig, ranges, 2)
 
 
+PROBE_TAGS = ("probe:before", "probe:path", "probe:after", "probe:zoom")
+
+
+def mark_probe(fig: go.Figure, before_xy: np.ndarray | None, after_xy: np.ndarray | None, style: str) -> None:
+    """Mark one probed input in a figure made by fig5_panels: where M_R puts it (left panel), where M_F
+    puts it (middle and zoom panels), and in the middle a dotted path from M_R's place to M_F's, so that
+    "stays put" and "jumps" read at a glance. None clears the marks. The four traces are added once and
+    then only their points change (app/chart.js then moves points instead of redrawing the chart)."""
+    t = theme(style)
+    have = {tr.meta: tr for tr in fig.data if tr.meta in PROBE_TAGS}
+    if len(have) < len(PROBE_TAGS):
+        size, outline = t["marker_size"] * 2.4, dict(color=t["text"], width=max(2, t["line_width"] - 1))
+        mark = dict(symbol="diamond", size=size, color="#ffffff", line=outline)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", name="your input", meta="probe:before", marker=mark,
+                                 legendgroup="probe", showlegend=True), row=1, col=1)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="lines+markers", meta="probe:path", hoverinfo="skip",
+                                 showlegend=False, legendgroup="probe",
+                                 line=dict(color=t["text"], width=max(1, t["line_width"] - 1), dash="dot"),
+                                 marker=dict(symbol="diamond-open", size=size * 0.7, color=t["text"])),
+                      row=1, col=2)
+        fig.add_trace(go.Scatter(x=[], y=[], mode="markers", meta="probe:after", marker=mark, legendgroup="probe",
+                                 showlegend=False), row=1, col=2)
+        if len(fig.layout.annotations) > 2:  # the zoom panel
+            fig.add_trace(go.Scatter(x=[], y=[], mode="markers", meta="probe:zoom", marker=mark, legendgroup="probe",
+                                     showlegend=False), row=1, col=3)
+        have = {tr.meta: tr for tr in fig.data if tr.meta in PROBE_TAGS}
+    points = {"probe:before": [before_xy], "probe:after": [after_xy], "probe:zoom": [after_xy],
+              "probe:path": [before_xy, after_xy]}
+    with fig.batch_update():
+        for tag, trace in have.items():
+            xy = [p for p in points[tag] if p is not None]
+            if tag == "probe:path" and len(xy) < 2:
+                xy = []
+            trace.x, trace.y = [float(p[0]) for p in xy], [float(p[1]) for p in xy]
+        have["probe:before"].showlegend = before_xy is not None  # no legend entry for nothing drawn
+
+
 def small_multiples(snapshots: list[tuple[str, Snapshot]], proj: Projection, ranges: Ranges, classes,
                     style: str = "screen", height: int = 330) -> go.Figure:
     """M_F in several (title, snapshot) panels with the same axes: epochs of a run, or runs compared."""

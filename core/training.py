@@ -312,6 +312,8 @@ def record(run: RunDir, dest: str | Path, command: str, frames: int = RECORDED_F
     if run.model_path.is_file():
         ckpt = torch.load(run.model_path, map_location="cpu", weights_only=True)
         ckpt["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+        if isinstance(ckpt.get("info"), dict) and "protected_from" in ckpt["info"]:
+            ckpt["info"]["protected_from"] = run.config().victim  # the victim's name, not this machine's path
         if sum(v.numel() * v.element_size() for v in ckpt["state_dict"].values()) <= RECORDED_MODEL_BYTES:
             atomic_torch_save(ckpt, out.model_path)  # load_model casts it back to float32
     (out.path / "RECORDED.json").write_text(json.dumps({"command": command}, indent=2) + "\n")

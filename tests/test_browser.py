@@ -234,9 +234,12 @@ def test_a_closed_tab_stops_its_job_and_no_process_outlives_the_server(data_dir,
         assert _wait_until(lambda: not (workers & _worker_pids()), 60), "a training process outlived the server"
 
 
-def test_a_recorded_run_replays_every_frame_to_the_end(data_dir, tmp_path, browser):
+def test_a_recorded_run_replays_every_frame_to_the_end_then_probes_a_drawing_and_a_photo(data_dir, tmp_path,
+                                                                                         browser):
     """Play on a recorded run: the chart draws its frames one after another to the last, then Play is back.
-    The link names the page (/defend, as a bookmark of its name would): it opens the Defend page with the run."""
+    The link names the page (/defend, as a bookmark of its name would): it opens the Defend page with the run.
+    Then the probe: a digit drawn with the mouse is marked in the Fig. 5 panels where M_R and M_F put it, and
+    stays put; an OOD photo picked instead moves several times as far."""
     from core.training import recorded_runs
 
     run = next(r for r in recorded_runs() if r.name == "recorded-lecture")
@@ -263,7 +266,40 @@ def test_a_recorded_run_replays_every_frame_to_the_end(data_dir, tmp_path, brows
         assert len(replayed) >= len(steps) // 2, f"the replay drew {len(replayed)} of {len(steps)} frames: {replayed}"
         page.get_by_role("button", name="Stop replay").wait_for(state="detached", timeout=60_000)  # it ended itself
         assert page.locator("[data-testid='stException']").count() == 0
+
+        page.get_by_text("Probe your own input").click()
+        canvas = page.locator(".advft-draw canvas")
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        for i in range(1, 11):  # a "1": one stroke down the middle
+            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * (0.15 + 0.07 * i))
+        page.mouse.up()
+        drawn = probe_marks(page)
+        page.get_by_text("M_F answers").wait_for(timeout=30_000)
+        assert page.get_by_text("saved after epoch", exact=False).count() >= 1
+        page.get_by_text("An OOD image", exact=True).click()
+        photo = probe_marks(page, other_than=drawn)
+        assert shift(photo) > 3 * shift(drawn), (drawn, photo)
+        assert page.locator("[data-testid='stException']").count() == 0
     assert "Traceback" not in (tmp_path / "server.log").read_text()
+
+
+# The probe's marks in the Fig. 5 chart: [M_R's point, M_F's point] in data units, or null until both are drawn.
+PROBE_MARKS = """() => { const t = [...document.querySelectorAll('.js-plotly-plot')].flatMap(g => g.data || []);
+    const at = (m) => { const s = t.find(x => x.meta === m); return s && s.x && s.x.length ? [s.x[0], s.y[0]] : null; };
+    const r = at('probe:before'), f = at('probe:after'); return r && f ? [r, f] : null; }"""
+
+
+def probe_marks(page, other_than=None) -> list:
+    page.wait_for_function(f"prev => {{ const m = ({PROBE_MARKS})(); return m !== null && "
+                           "JSON.stringify(m) !== JSON.stringify(prev); }", arg=other_than, timeout=60_000)
+    return page.evaluate(PROBE_MARKS)
+
+
+def shift(marks) -> float:
+    (x0, y0), (x1, y1) = marks
+    return ((x1 - x0) ** 2 + (y1 - y0) ** 2) ** 0.5
 
 
 def test_a_shared_link_cannot_put_a_clickable_link_into_the_page(data_dir, tmp_path, browser):

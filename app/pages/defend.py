@@ -220,8 +220,11 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
         figures.refresh_fig5(fig, snapshot, proj, ranges)
         st.session_state.fig5_shows = snapshot
     charts = st.session_state.charts = {"Fig. 5 panels": fig}  # what the server-side export offers
-    views.fig5_view(fig, export, name, key="fig5")
-    views.axes_note(proj, ranges)
+    chart_slot = st.container()  # the chart above the probe, drawn once the probe has marked its input
+    probe(snapshot, ui, run, proj, fig)
+    with chart_slot:
+        views.fig5_view(fig, export, name, key="fig5")
+        views.axes_note(proj, ranges)
 
     left, right = st.columns([1, 2.4])
     with left:
@@ -244,6 +247,43 @@ def draw(snapshot: Snapshot, history: list[dict], ui: UIState, export: views.Exp
             st.error(views.plain(e))
             return
         charts["M_F over the run"] = views.strip_view(snaps, proj, ranges, classes, ui.style, export, name)
+
+
+def probe(snapshot: Snapshot, ui: UIState, run: RunDir | None, proj, fig) -> None:
+    """Probe your own input: draw a digit (or upload an image, or pick an OOD one) and see where M_R and
+    M_F put it, marked in the Fig. 5 panels, with both models' top answers. M_F is the run's saved model
+    (after its last finished epoch), so a digit staying put and a photo jumping is AdvFT itself at work."""
+    from core.probe import median_shifts
+    from core.probe import probe as probe_models
+
+    shape = DATASETS[session.victim_dataset(str(victim_path(ui.victim)))].shape
+    with st.expander("Probe your own input: a digit should stay put, a photo should jump", icon=":material/draw:"):
+        source = views.probe_source()
+        given, seen, answers = st.columns([1.15, 0.75, 2])
+        with given:
+            image, what = views.probe_input(
+                source, shape, lambda: session.ood_examples(ui.advft.ood, shape, str(session.data_dir())))
+        if image is None:
+            answers.caption(what)
+            figures.mark_probe(fig, None, None, ui.style)
+            return
+        try:
+            m_r = session.model(victim_path(ui.victim))
+            m_f = session.model(run.model_path) if run is not None else None
+        except UserError as e:
+            answers.error(f"Could not load a model to probe: {views.plain(e)}")
+            return
+        result = probe_models(m_r, m_f, image)
+        with seen:
+            views.probe_image(image)
+        with answers:
+            st.caption(views.plain(what))
+            done = m_f.info.get("epochs_done") if m_f is not None else None
+            views.probe_answers(result, DATASETS[m_r.dataset].classes,
+                                f"saved after epoch {done}" if isinstance(done, int) else "saved",
+                                median_shifts(snapshot))
+    figures.mark_probe(fig, proj(result.before.features[None])[0],
+                       None if result.after is None else proj(result.after.features[None])[0], ui.style)
 
 
 # ---------------------------------------------------------------- the page
