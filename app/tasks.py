@@ -228,12 +228,16 @@ def clear_results(folder: Path) -> None:
 
 
 def attack_targets(runs_dir: Path) -> dict[str, dict]:
-    """Label -> {label, path, kind, victim}: the committed victims and every AdvFT run with a model."""
+    """Label -> {label, path, kind, victim}: the committed victims, every AdvFT run with a model, and the
+    recordings shipped with their M_F (a lecturer can attack the recorded lecture run without training)."""
+    from core.training import recorded_runs
+
     out = {}
     for name in committed_victims():
         path = str(victim_path(name))
         out[f"original M_R · {name}"] = {"path": path, "kind": "original", "victim": path}
-    for run in list_runs(runs_dir):
+    mine = list_runs(runs_dir)
+    for run in [*mine, *(r for r in recorded_runs() if r.name not in {m.name for m in mine})]:
         summary = run.summary()
         if not summary.has_model or summary.problem:
             continue  # nothing to attack yet, or a damaged run (the Runs page says what is wrong)

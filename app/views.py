@@ -303,6 +303,19 @@ STATE_COLOURS = {"queued": "#888", "preparing": "#888", "running": "#2e7d32", "p
                  "finished": "#1565c0", "stopped": "#6d4c41", "failed": "#c62828"}
 
 
+def time_left(first: tuple[float, float], done: float, now: float) -> str:
+    """Time left at the pace since the first progress report `first` = (time, done then); the work before
+    it (loading a target and its data) says nothing of the pace. The last 2% (the final scoring, which
+    reports no progress of its own) is "finishing" rather than a countdown to 0 s that then waits."""
+    since, done_then = first
+    if done >= 0.98:
+        return "finishing…"
+    if done - done_then <= 0.02 or now - since < 2:
+        return "estimating the time left…"
+    left = (now - since) * (1 - done) / (done - done_then)
+    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {max(5, 5 * round(left / 5)):.0f} s left"
+
+
 def status_line(view, capacity: int) -> None:
     """A job's state chip, where it is in Algorithm 1, and its message (a JobView)."""
     state = view.state

@@ -112,3 +112,27 @@ def test_dfme_budget_below_one_iteration_is_a_readable_error(page, tmp_path):
     assert not at.exception
     assert any("DFME iteration costs" in e.value for e in at.error)
     assert saved_rows(tmp_path) == []
+
+
+def test_time_left_counts_the_pace_from_the_first_report_and_never_counts_down_to_a_wait():
+    from app.views import time_left
+
+    # 35 s of loading, then 3% in the next 6 s: about 3 minutes at that pace (the old estimate, from the
+    # start, said 19 minutes)
+    assert time_left((35.0, 0.0), 0.03, 41.0) == "about 3 min left"
+    assert time_left((35.0, 0.0), 0.5, 65.0) == "about 30 s left"
+    assert time_left((35.0, 0.0), 0.01, 36.0) == "estimating the time left…"
+    assert time_left((35.0, 0.2), 0.21, 60.0) == "estimating the time left…"  # too little done since
+    assert time_left((35.0, 0.0), 0.99, 80.0) == "finishing…"  # the final scoring reports no progress
+
+
+def test_the_recordings_that_ship_their_m_f_can_be_attacked_without_training(tmp_path):
+    from app.tasks import attack_targets
+    from core.models import load_model
+
+    targets = attack_targets(tmp_path / "no-runs-yet")
+    lecture = targets["AdvFT M_F · recorded-lecture"]
+    assert lecture["kind"] == "advft" and lecture["victim"] == "mnist_lenet2d"
+    assert load_model(lecture["path"]).info["epochs_done"] == 15
+    assert "AdvFT M_F · recorded-offline" in targets
+    assert not any("recorded-fig5" in label for label in targets)  # its ResNet-18 is not shipped

@@ -13,10 +13,12 @@ import pytest
 
 import time
 
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e import (CHROMIUM, DRAWN_STEP, MF_POINTS, PANEL_POINTS, ZOOM_OOD_PIXELS, chromium, png_size,
-                       mark_page, same_page, streamlit_server, tab, timeline_steps, wait_idle, wait_loaded,
+                       mark_page, same_page, streamlit_server, tab, timeline_steps, until_done_or_reloaded,
+                       wait_idle, wait_loaded,
                        wait_or_reload, wait_settled, wait_state)
 from core.advft import preset_config
 
@@ -89,13 +91,17 @@ def chart_kept_over_a_frame(page) -> bool:
     """Whether the chart drew the running job's next frame in place (app/chart.js), not by remounting. Should
     the page reload itself meanwhile (app/recover.js, after a Streamlit frontend error), asked again, once."""
     for _ in range(2):
-        mark_page(page)
-        page.evaluate("() => { document.querySelector('.js-plotly-plot').__mounted_before_frame = true; }")
-        page.evaluate(f"() => {{ window.__mf_before = ({MF_POINTS})(); }}")
-        wait_or_reload(page, f"() => {{ const now = ({MF_POINTS})(); return now !== null && now !== window.__mf_before; }}",
-                       90_000)
-        if same_page(page):
-            return page.evaluate("() => document.querySelector('.js-plotly-plot').__mounted_before_frame === true")
+        try:
+            mark_page(page)
+            page.evaluate("() => { document.querySelector('.js-plotly-plot').__mounted_before_frame = true; }")
+            page.evaluate(f"() => {{ window.__mf_before = ({MF_POINTS})(); }}")
+            wait_or_reload(page, f"() => {{ const now = ({MF_POINTS})(); return now !== null && now !== window.__mf_before; }}",
+                           90_000)
+            if same_page(page):
+                return page.evaluate("() => document.querySelector('.js-plotly-plot').__mounted_before_frame === true")
+        except PlaywrightError as e:  # the reload began while the marks were being set
+            if "context was destroyed" not in str(e):
+                raise
         wait_loaded(page)
     raise AssertionError("the page reloaded itself twice while the job trained")
 
@@ -267,19 +273,18 @@ def test_a_recorded_run_replays_every_frame_to_the_end_then_probes_a_drawing_and
         page.get_by_role("button", name="Stop replay").wait_for(state="detached", timeout=60_000)  # it ended itself
         assert page.locator("[data-testid='stException']").count() == 0
 
-        page.get_by_text("Probe your own input").click()
-        canvas = page.locator(".advft-draw canvas")
-        box = canvas.bounding_box()
-        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.15)
-        page.mouse.down()
-        for i in range(1, 11):  # a "1": one stroke down the middle
-            page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * (0.15 + 0.07 * i))
-        page.mouse.up()
+        until_done_or_reloaded(page, lambda: draw_a_one(page), f"() => ({PROBE_MARKS})() !== null")
         drawn = probe_marks(page)
         page.get_by_text("M_F answers").wait_for(timeout=30_000)
         assert page.get_by_text("saved after epoch", exact=False).count() >= 1
-        page.get_by_text("An OOD image", exact=True).click()
-        photo = probe_marks(page, other_than=drawn)
+
+        def pick_a_photo():
+            open_probe(page)
+            page.get_by_text("An OOD image", exact=True).click()
+        page.evaluate(f"() => {{ window.__drawn_marks = JSON.stringify(({PROBE_MARKS})()); }}")  # a reload drops it
+        until_done_or_reloaded(page, pick_a_photo, f"""() => {{ const m = ({PROBE_MARKS})();
+                               return m !== null && JSON.stringify(m) !== window.__drawn_marks; }}""")
+        photo = probe_marks(page)
         assert shift(photo) > 3 * shift(drawn), (drawn, photo)
         assert page.locator("[data-testid='stException']").count() == 0
     assert "Traceback" not in (tmp_path / "server.log").read_text()
@@ -291,10 +296,32 @@ PROBE_MARKS = """() => { const t = [...document.querySelectorAll('.js-plotly-plo
     const r = at('probe:before'), f = at('probe:after'); return r && f ? [r, f] : null; }"""
 
 
-def probe_marks(page, other_than=None) -> list:
-    page.wait_for_function(f"prev => {{ const m = ({PROBE_MARKS})(); return m !== null && "
-                           "JSON.stringify(m) !== JSON.stringify(prev); }", arg=other_than, timeout=60_000)
+def probe_marks(page) -> list:
+    page.wait_for_function(f"() => ({PROBE_MARKS})() !== null", timeout=60_000)
     return page.evaluate(PROBE_MARKS)
+
+
+def open_probe(page) -> None:
+    """Open the probe's expander (closed on a fresh page) and bring its canvas into view."""
+    panel = page.locator("details", has_text="Probe your own input")
+    if panel.get_attribute("open") is None:
+        panel.locator("summary").click()
+    canvas = page.locator(".advft-draw canvas")
+    canvas.scroll_into_view_if_needed()
+    page.wait_for_function("() => { const c = document.querySelector('.advft-draw canvas');"
+                           " const r = c && c.getBoundingClientRect(); return !!r && r.height > 100"
+                           " && r.top >= 0 && r.bottom <= innerHeight; }", timeout=30_000)
+
+
+def draw_a_one(page) -> None:
+    """A "1" drawn with the mouse: one stroke down the middle of the canvas."""
+    open_probe(page)
+    box = page.locator(".advft-draw canvas").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.15)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * (0.15 + 0.07 * i))
+    page.mouse.up()
 
 
 def shift(marks) -> float:

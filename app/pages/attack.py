@@ -34,14 +34,6 @@ LIVE_REFRESH_S = 0.5
 # ---------------------------------------------------------------- figures
 
 
-def time_left(started: float, done: float) -> str:
-    """An estimate from the pace so far (the work's phases are of similar cost per unit of `done`)."""
-    if done <= 0.02:
-        return "estimating the time left…"
-    left = (time.time() - started) * (1 - done) / done
-    return f"about {left / 60:.0f} min left" if left >= 90 else f"about {left:.0f} s left"
-
-
 def last_score(curve: list[dict]) -> str:
     """The surrogate's latest accuracy and when it was measured (KnockoffNets scores only after training)."""
     if not curve:
@@ -234,7 +226,9 @@ def live() -> None:
             text = f"**{title}**: {p['phase']}"
             if p.get("queries"):
                 text += f" · {p['queries']:,} / {p['budget']:,} queries · " + last_score(p.get("curve") or [])
-            head[0].progress(min(1.0, p["done"]), text=text + " · " + time_left(v.started, p["done"]))
+            # the pace counts from the first report: loading the data is not the attack's pace
+            first = st.session_state.setdefault("a_first_report", {}).setdefault(v.started, (time.time(), p["done"]))
+            head[0].progress(min(1.0, p["done"]), text=text + " · " + views.time_left(first, p["done"], time.time()))
     elif v.state == "failed":
         head[0].error(f"**{views.plain(v.title)}** failed: {views.plain(v.message)}")
     elif v.state == "stopped":
@@ -268,9 +262,10 @@ if damaged:
 if results:
     rows = with_before(results)  # Acc_MS before: the same attack on an unprotected target, when you ran it
     heads, cells = formatted(rows)
-    table = [{"target": r["target"], "attack": f"{r['attack']} ({r['labels']})", **dict(zip(column_names(heads), c)),
-              "status": r["status"]} for r, c in zip(rows, cells)]
-    st.dataframe(table, hide_index=True)
+    # status beside the names: at the end of a wide table it scrolled out of sight
+    table = [{"target": r["target"], "attack": f"{r['attack']} ({r['labels']})", "status": r["status"],
+              **dict(zip(column_names(heads), c))} for r, c in zip(rows, cells)]
+    st.dataframe(table, hide_index=True, column_config={"target": st.column_config.TextColumn(pinned=True)})
     views.explain("Acc_MS best: the surrogate's best test accuracy over training (the paper's protocol), final: at its "
                   "end; before: the same attack on the unprotected original (when you ran it). Acc_MF and KL: what "
                   "honest users asking for soft answers get from the target behind its defence, against the original "
