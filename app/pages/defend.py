@@ -272,6 +272,7 @@ def probe(snapshot: Snapshot, ui: UIState, run: RunDir | None, proj, fig) -> Non
             m_f = session.model(run.model_path) if run is not None else None
         except UserError as e:
             answers.error(f"Could not load a model to probe: {views.plain(e)}")
+            figures.mark_probe(fig, None, None, ui.style)  # no marks left from an earlier input
             return
         result = probe_models(m_r, m_f, image)
         with seen:
