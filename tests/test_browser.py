@@ -93,7 +93,9 @@ def chart_kept_over_a_frame(page) -> bool:
     for _ in range(2):
         try:
             mark_page(page)
-            page.evaluate("() => { document.querySelector('.js-plotly-plot').__mounted_before_frame = true; }")
+            # Start reruns the page, and the chart may be between two mounts when the status says running
+            page.wait_for_function("() => { const e = document.querySelector('.js-plotly-plot');"
+                                   " if (e) e.__mounted_before_frame = true; return !!e; }", timeout=60_000)
             page.evaluate(f"() => {{ window.__mf_before = ({MF_POINTS})(); }}")
             wait_or_reload(page, f"() => {{ const now = ({MF_POINTS})(); return now !== null && now !== window.__mf_before; }}",
                            90_000)
