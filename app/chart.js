@@ -74,6 +74,16 @@ export default function (component) {
     gd.className = "advft-chart";
     gd.style.width = "100%";
     parentElement.appendChild(gd);
+    // Redrawn to its new width when the window (or the page's column) changes: a window resized, a lecturer
+    // going full screen. Not Plotly's `responsive` config: that sizes the chart to its container's height,
+    // and a Streamlit element's container has none of its own (the chart collapses to nothing).
+    let width = Math.round(gd.getBoundingClientRect().width); // what the first draw takes
+    new ResizeObserver(([entry]) => {
+      const now = Math.round(entry.contentRect.width);
+      if (now === width || !gd._fullLayout || !window.Plotly) return;
+      width = now;
+      window.Plotly.Plots.resize(gd);
+    }).observe(gd);
   }
   if (gd.__spec === data.spec && gd.__config === data.config) return; // a rerun that changed nothing here
   gd.__spec = data.spec;

@@ -26,12 +26,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .advft import Snapshot, epoch_label
 from .errors import UserError
-from .figures import Points, Projection, Ranges, fixed_axes, panel_points, theme, zoom_ranges
+from .figures import PANEL_TITLES, Points, Projection, Ranges, fixed_axes, panel_points, theme, zoom_ranges
 from .runs import RunDir
 
 FORMATS = {".gif": "gif", ".mp4": "mp4", ".webm": "webm"}
 PANELS = ("mr", "mf", "zoom")           # M_R | M_F | M_F's zoom on where the OOD probes start
-PANEL_WEIGHTS = {"mr": 0.38, "mf": 0.38, "zoom": 0.24}  # the app's column widths (core.figures.fig5_panels)
 SUPERSAMPLE = 2                          # drawn at twice the size, then reduced: smooth edges without AA drawing
 VIDEO_CODECS = {"mp4": ("libx264", {"crf": "20", "preset": "veryfast"}),
                 "webm": ("libvpx-vp9", {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"})}
@@ -207,16 +206,15 @@ class Renderer:
         pad, gap = 12 * s, 20 * s
         y_axis = int(3.3 * fs)   # room for the y tick labels left of each plot
         top = int(2.2 * fs)      # the panel titles
-        weights = [PANEL_WEIGHTS[p] for p in self.spec.panels]
-        usable = width - 2 * pad - gap * (len(weights) - 1)
+        usable = width - 2 * pad - gap * (len(self.spec.panels) - 1)
         zoom = zoom_ranges(self.first, self.proj)
         self.panels, left = [], pad
-        for kind, w in zip(self.spec.panels, weights):
-            panel_w = int(usable * w / sum(weights))
+        for kind in self.spec.panels:  # equal widths, as in the app (core.figures.fig5_panels)
+            panel_w = int(usable / len(self.spec.panels))
             side = panel_w - y_axis - 4 * s
             self.panels.append(_Panel(kind, (left + y_axis, top, side), (left, left + panel_w),
                                       zoom if kind == "zoom" else self.ranges,
-                                      {"mr": "M_R (before AdvFT)", "mf": "M_F", "zoom": "M_F zoom: OOD start"}[kind]))
+                                      PANEL_TITLES[kind]))
             left += panel_w + gap
         tallest = max(p.box[2] for p in self.panels)
         self.legend_top = top + tallest + int(1.9 * fs)
@@ -315,14 +313,15 @@ class Renderer:
             elif panel.kind == "mf":
                 self._rays(d, panel, before.rays)
             else:  # the zoom: M_R's OOD positions, faint, under M_F's
-                self._circles(d, self._visible(panel, before.ood), t["roles"]["m_r"], 0.35, self.marker, True)
+                self._circles(d, self._visible(panel, before.ood), t["roles"]["ood_before"], 1.0, self.marker, True)
         self._legend(d)
         return img
 
     def _legend_entries(self) -> list[tuple[str, str, str]]:
         t = self.t
         return [*((f"ID {name}", "id", t["classes"][c % 10]) for c, name in enumerate(self.classes)),
-                ("OOD", "ood", t["roles"]["ood"]), ("G(z)", "gen", t["roles"]["generator"])]
+                ("OOD", "ood", t["roles"]["ood"]), ("G(z)", "gen", t["roles"]["generator"]),
+                *([("OOD under M_R", "ood_before", t["roles"]["ood_before"])] if "zoom" in self.spec.panels else [])]
 
     def _legend(self, d=None) -> int:
         """The legend below the panels (ID classes, OOD, G(z)), wrapped into rows; returns the row count
@@ -336,8 +335,8 @@ class Renderer:
             if d is not None:
                 cy = self.legend_top + row * int(1.6 * fs) + fs // 2
                 at = np.array([[x + 0.6 * fs, cy]])
-                if kind == "id":
-                    self._circles(d, at, colour, 1.0, self.marker * 1.4)
+                if kind in ("id", "ood_before"):
+                    self._circles(d, at, colour, 1.0, self.marker * 1.4, kind == "ood_before")
                 elif kind == "ood":
                     self._crosses(d, at, colour, 1.0, self.marker * 1.4)
                 else:

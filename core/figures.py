@@ -48,7 +48,7 @@ def style_layout(fig: go.Figure, style: str, height: int, **extra) -> go.Figure:
         paper_bgcolor=t["paper_bg"], plot_bgcolor=t["plot_bg"], **extra)
     for axes in (fig.update_xaxes, fig.update_yaxes):
         axes(gridcolor=t["grid"], zerolinecolor=t["grid"], tickfont=dict(size=t["font_size"]),
-             title_font=dict(size=t["font_size"]))
+             title_font=dict(size=t["font_size"]), automargin=True)  # margins grow to fit tick labels and titles
     fig.update_annotations(font_size=t["font_size"] + 2)  # subplot titles
     return fig
 
@@ -77,6 +77,11 @@ class Projection:
             self.reducer = umap.UMAP(n_components=2, random_state=seed).fit(x)
         elif self.kind != "identity":
             raise ValueError(f"unknown projection '{kind}'")
+
+    @property
+    def axis_names(self) -> tuple[str, str]:
+        """The plot plane's axis titles."""
+        return {"identity": ("feature 1", "feature 2"), "pca": ("PC 1", "PC 2"), "umap": ("UMAP 1", "UMAP 2")}[self.kind]
 
     @property
     def label(self) -> str:
@@ -206,11 +211,12 @@ def _add_points(fig, p: Points, row: int, col: int, style: str, classes, ranges:
 
 
 def _square_axes(fig, ranges: Ranges, n: int) -> None:
+    """Equal scales on both axes; a panel narrower than it is tall keeps to the top, under its title."""
     for i in range(1, n + 1):
         suffix = "" if i == 1 else str(i)
         fig.update_layout(**{f"xaxis{suffix}": dict(range=list(ranges.x), constrain="domain"),
                              f"yaxis{suffix}": dict(range=list(ranges.y), scaleanchor=f"x{suffix}",
-                                                    scaleratio=1, constrain="domain")})
+                                                    scaleratio=1, constrain="domain", constraintoward="top")})
 
 
 ZOOM = 2.0  # the zoom panel spans M_R's OOD extent times this: room to see the first steps of the drift
@@ -226,12 +232,13 @@ def zoom_ranges(snapshot: Snapshot, proj: Projection) -> Ranges:
 
 
 def _zoom_points(fig, before: Points, after: Points, style: str, col: int) -> None:
-    """M_R's OOD positions (faint, fixed) under M_F's OOD crosses and G(z) stars (tag 'zoom')."""
+    """M_R's OOD positions (faint grey circles, fixed) under M_F's OOD crosses and G(z) stars (tag 'zoom')."""
     t, mk = theme(style), theme(style)["markers"]
     size = t["marker_size"]
     fig.add_trace(go.Scatter(x=before.ood[:, 0], y=before.ood[:, 1], mode="markers", name="OOD under M_R",
-                             hoverinfo="skip", showlegend=False,
-                             marker=dict(color=t["roles"]["m_r"], size=size, symbol="circle-open", opacity=0.35)),
+                             hoverinfo="skip", legendgroup="ood_before", showlegend=True,
+                             marker=dict(color=t["roles"]["ood_before"], size=size, symbol="circle-open",
+                                         line=dict(width=max(1, size / 5)))),
                   row=1, col=col)
     fig.add_trace(go.Scatter(x=after.gen[:, 0], y=after.gen[:, 1], mode="markers", name="G(z)", showlegend=False,
                              meta="zoom:gen", marker=dict(color=t["roles"]["generator"], size=size * 1.8,
@@ -242,16 +249,20 @@ def _zoom_points(fig, before: Points, after: Points, style: str, col: int) -> No
                   row=1, col=col)
 
 
+# The panels of Fig. 5 (the app's chart and the animated export): equal widths, so the zoom is as large as
+# the others, and titles short enough for a third of a 1280 px slide in the presentation style's font.
+PANEL_TITLES = {"mr": "M_R, before AdvFT", "mf": "M_F", "zoom": "M_F zoom: OOD start"}
+
+
 def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, style: str = "screen",
-                now_title: str | None = None, height: int = 480, zoom: bool = True) -> go.Figure:
+                now_title: str | None = None, height: int = 520, zoom: bool = True) -> go.Figure:
     """M_R (before) | M_F (now), the paper's Fig. 5 on the same fixed axes; with `zoom`, a third panel on
-    fixed axes around where the OOD probes start, where M_F's first steps already show."""
+    fixed axes around where the OOD probes start, where M_F's first steps already show. The legend sits
+    below the panels, wrapped into rows: every entry visible, never behind a scrollbar."""
     t = theme(style)
     now_title = now_title or f"M_F, epoch {snapshot.epoch}"
-    # M_R itself never changes, but its G(z) stars do: they are M_R's view of the generator's current samples.
-    titles = ["M_R (before AdvFT; ★ = today's G(z))", now_title] + (["M_F, zoom on the OOD start"] if zoom else [])
-    fig = make_subplots(1, len(titles), subplot_titles=titles, horizontal_spacing=0.05,
-                        column_widths=[0.38, 0.38, 0.24] if zoom else None)
+    titles = [PANEL_TITLES["mr"], now_title] + ([PANEL_TITLES["zoom"]] if zoom else [])
+    fig = make_subplots(1, len(titles), subplot_titles=titles, horizontal_spacing=0.035)
     before, after = panel_points(snapshot, proj, "before"), panel_points(snapshot, proj, "after")
     _add_points(fig, before, 1, 1, style, classes, ranges, legend=True, tag="before")
     _add_points(fig, after, 1, 2, style, classes, ranges, legend=False, tag="now")
@@ -259,13 +270,20 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
     if zoom:
         _zoom_points(fig, before, after, style, 3)
         z = zoom_ranges(snapshot, proj)
-        fig.update_layout(xaxis3=dict(range=list(z.x), constrain="domain"),
-                          yaxis3=dict(range=list(z.y), scaleanchor="x3", scaleratio=1, constrain="domain"))
+        fig.update_layout(xaxis3=dict(range=list(z.x), constrain="domain"),  # its own scale: ticks on its right
+                          yaxis3=dict(range=list(z.y), scaleanchor="x3", scaleratio=1, constrain="domain",
+                                      constraintoward="top", side="right"))
         fig.layout.annotations[2].font.color = t["roles"]["m_f"]
     fig.layout.annotations[0].font.color = t["roles"]["m_r"]
     fig.layout.annotations[1].font.color = t["roles"]["m_f"]
+    x_name, y_name = proj.axis_names
+    fig.update_xaxes(title_text=x_name, title_standoff=4, ticklabelstandoff=6)  # clear of the lowest y label
+    fig.update_yaxes(title_text=y_name, title_standoff=2, row=1, col=1)
+    fig.update_yaxes(showticklabels=False, row=1, col=2)  # M_F's axes are M_R's, labelled on its left
     fig.layout.meta = frame_meta(snapshot)
-    return style_layout(fig, style, height, uirevision="fig5")
+    return style_layout(fig, style, height, uirevision="fig5", margin=dict(l=10, r=10, t=50, b=10),
+                        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0,
+                                    itemsizing="constant"))
 
 
 def frame_meta(snapshot: Snapshot) -> dict:
@@ -372,34 +390,39 @@ def gen_grid(images, style: str = "screen", cols: int = 4, height: int = 330) ->
 
 CURVES = (  # (history key, title, log scale, role colour)
     ("l_g", "L_G (generator)", False, "generator"),
-    ("l_f1", "L_F1 (margin hinge)", False, "m_f"),
-    ("l_f2", "L_F2 (ID feature drift)", False, "m_f"),
+    ("l_f1", "L_F1 (margin)", False, "m_f"),
+    ("l_f2", "L_F2 (ID drift)", False, "m_f"),
     ("acc_after", "Acc (test, %)", False, "m_f"),
     ("kl_test", "KL_test (log)", True, "m_f"),
-    ("ood_agreement", "OOD top-1 agreement", False, "ood"),
+    ("ood_agreement", "OOD agreement", False, "ood"),
 )
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 ACC_SPAN = 2.0  # points: the smallest height of the accuracy axis
 
 
-def curves(histories: dict[str, list[dict]], style: str = "screen", height: int = 460) -> go.Figure:
-    """Per-epoch curves; several runs (name -> history) are overlaid, told apart by line dash."""
+def curves(histories: dict[str, list[dict]], style: str = "screen", height: int | None = None) -> go.Figure:
+    """Per-epoch curves in three rows of two (titles short enough for the presentation style in the Defend
+    page's column at 1280 px); several runs (name -> history) are overlaid, told apart by line dash."""
     t = theme(style)
-    fig = make_subplots(2, 3, subplot_titles=[c[1] for c in CURVES], vertical_spacing=0.16, horizontal_spacing=0.07)
+    fs = t["font_size"]
+    height = height or 22 * fs + 330  # rows tall enough for their tick labels, and the titles between rows
+    gap = 3 * fs + 12  # px between rows: the row above's tick labels, then this row's titles
+    fig = make_subplots(3, 2, subplot_titles=[c[1] for c in CURVES], vertical_spacing=gap / (height - 90),
+                        horizontal_spacing=0.08 + fs / 400)
     for k, (name, history) in enumerate(histories.items()):
         dash = DASHES[k % len(DASHES)]
         for i, (key, title, log, role) in enumerate(CURVES):
             pts = [(h["epoch"], h[key]) for h in history if h.get(key) is not None and not (log and h[key] <= 0)]
             if key == "acc_after":
                 pts = [(e, 100 * v) for e, v in pts]  # in points: a 0.1-point dip reads as 0.1, not as a crash
-            row, col = divmod(i, 3)
+            row, col = divmod(i, 2)
             fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
                                      name=name, legendgroup=name, showlegend=(i == 0 and len(histories) > 1),
                                      line=dict(color=t["roles"][role], width=t["line_width"], dash=dash),
                                      marker=dict(size=t["marker_size"] + 1)), row=row + 1, col=col + 1)
             if key == "acc_after" and k == 0 and history:
                 fig.add_hline(y=100 * history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
-                              annotation_text="M_R", row=row + 1, col=col + 1)
+                              annotation_text="M_R", annotation_position="bottom left", row=row + 1, col=col + 1)
             if log:  # one tick per decade, written 10^-3
                 fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=row + 1, col=col + 1)
     accs = [100 * h[key] for hist in histories.values() for h in hist for key in ("acc_after", "acc_before")
@@ -407,8 +430,10 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
     if accs:  # at least ACC_SPAN points tall, around the values: the scale never exaggerates a wobble
         mid, half = (max(accs) + min(accs)) / 2, max(ACC_SPAN, max(accs) - min(accs) + 0.2) / 2
         top = min(100.0, mid + half)
-        fig.update_yaxes(range=[top - 2 * half, top], row=2, col=1)
-    fig.update_xaxes(title_text="epoch", row=2)
+        fig.update_yaxes(range=[top - 2 * half, top], row=2, col=2)
+    fig.update_xaxes(title_text="epoch", row=3)
+    # Epochs start at 0 (M_R); labels a little lower, clear of the lowest y label in each panel's corner
+    fig.update_xaxes(rangemode="nonnegative", ticklabelstandoff=fs // 2 + 2)
     return style_layout(fig, style, height, uirevision="curves")
 
 
@@ -452,9 +477,9 @@ def atlas_tradeoff(cells: list, chosen, thief: str = "knockoff", style: str = "s
                              marker=dict(size=4 * t["marker_size"] + 6, symbol="circle-open", color=t["roles"]["m_f"],
                                          line=dict(width=3))))
     ring_cell(fig, chosen, thief)
-    fig.update_xaxes(type="log", title_text=f"KL_test(P_R || P_F), what honest users lose (N = 0 drawn at {KL_FLOOR:g})")
-    fig.update_yaxes(title_text=f"{'KnockoffNets' if thief == 'knockoff' else 'toy DFME'} surrogate accuracy, best (%)",
-                     rangemode="tozero")
+    # Short titles (the page's caption says the rest): they fit the Atlas' column in the presentation style
+    fig.update_xaxes(type="log", title_text="KL_test: what honest users lose")
+    fig.update_yaxes(title_text="thief's best accuracy (%)", rangemode="tozero")
     return style_layout(fig, style, height, uirevision="atlas-tradeoff", margin=dict(l=60, r=20, t=20, b=50))
 
 
@@ -510,8 +535,9 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
     fig.update_layout(xaxis_title={"epoch": "AdvFT epochs N", "margin": "margin m"}[x], yaxis_title="test accuracy",
                       yaxis_range=[0, 1], yaxis2={"title": "KL_test", "overlaying": "y", "side": "right",
                                                   "type": "log", "dtick": 1, "exponentformat": "power"})
-    return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=50),
-                        title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}")
+    return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=10),
+                        title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}",
+                        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0))
 
 
 # ---------------------------------------------------------------- the thief's view (core.attacks.thief_view)
@@ -533,7 +559,7 @@ def thief_confusions(view: dict, style: str = "screen", height: int = 420) -> go
         c = counts[key]
         share = 100 * c / np.maximum(c.sum(1, keepdims=True), 1)
         fig.add_trace(go.Heatmap(z=share, x=classes, y=classes, zmin=0, zmax=100, colorscale="Blues", showscale=col == 2,
-                                 colorbar=dict(title="%", thickness=12), customdata=c,
+                                 colorbar=dict(ticksuffix="%", thickness=12), customdata=c,
                                  hovertemplate="true %{y}, answered %{x}: %{z:.0f}% (%{customdata:.0f} images)"
                                                "<extra></extra>"), 1, col)
     fig.update_xaxes(title_text="answered", type="category", tickangle=0)

@@ -39,6 +39,51 @@ ZOOM_OOD_PIXELS = ("() => { const e = document.querySelector('.js-plotly-plot');
                    " const sy = L.yaxis3._length / (L.yaxis3.range[1] - L.yaxis3.range[0]);"
                    " return Array.from(t.x).map((x, i) => [x * sx, t.y[i] * sy]); }")
 
+# What keeps a chart's text from being read (a chart = a '.js-plotly-plot' element): a legend entry, title or tick
+# label drawn outside the chart or over another one, a legend that scrolls (entries hidden), an axis with
+# tick labels switched on that shows fewer than two. Text boxes are the rendered <text> elements' bounding
+# boxes; two boxes overlap when they share more than 2 px each way (glyph boxes include the line's leading).
+CHART_TEXT_PROBLEMS = """(gd) => {
+  const box = gd.getBoundingClientRect(), items = [], problems = [];
+  const shown = el => { for (let e = el; e && e !== gd; e = e.parentElement) {
+    const s = getComputedStyle(e); if (s.display === 'none' || s.visibility === 'hidden' || s.opacity === '0') return false; }
+    return true; };
+  const add = (el, kind) => { const text = el.textContent.trim(); if (!text || !shown(el)) return;
+    const r = el.getBoundingClientRect(); if (!r.width || !r.height) return;
+    items.push({kind, text, l: r.left, t: r.top, r: r.right, b: r.bottom}); };
+  gd.querySelectorAll('.legend .legendtext').forEach(e => add(e, 'legend entry'));
+  gd.querySelectorAll('.annotation-text').forEach(e => add(e, 'title'));
+  gd.querySelectorAll('.gtitle').forEach(e => add(e, 'chart title'));
+  gd.querySelectorAll('.infolayer text').forEach(e => {
+    if (/^[xy][0-9]*title$/.test(e.getAttribute('class') || '')) add(e, 'axis title'); });
+  const isTick = e => /^[xy][0-9]*tick$/.test(e.parentElement.getAttribute('class') || '');
+  gd.querySelectorAll('g text').forEach(e => { if (isTick(e)) add(e, 'tick label'); });
+  gd.querySelectorAll('.colorbar text').forEach(e => add(e, 'colour bar label'));
+  const say = i => `${i.kind} '${i.text.slice(0, 40)}'`;
+  for (const i of items)
+    if (i.l < box.left - 1 || i.r > box.right + 1 || i.t < box.top - 1 || i.b > box.bottom + 1)
+      problems.push(`${say(i)} is cut by the chart's edge`);
+  for (let a = 0; a < items.length; a++) for (let b = a + 1; b < items.length; b++) {
+    const i = items[a], j = items[b];
+    const w = Math.min(i.r, j.r) - Math.max(i.l, j.l), h = Math.min(i.b, j.b) - Math.max(i.t, j.t);
+    if (w > 2 && h > 2) problems.push(`${say(i)} overlaps ${say(j)}`);
+  }
+  gd.querySelectorAll('.legend .scrollbar').forEach(s => {
+    if (parseFloat(s.getAttribute('height') || '0') > 0 && shown(s)) problems.push('the legend scrolls: entries hidden'); });
+  const L = gd._fullLayout || {};
+  for (const key of Object.keys(L).filter(k => /^[xy]axis[0-9]*$/.test(k))) {
+    const ax = L[key]; if (!ax || !ax.visible || !ax.showticklabels) continue;
+    const n = Array.from(gd.querySelectorAll(`g.${ax._id}tick > text`)).filter(e => e.textContent.trim() && shown(e)).length;
+    if (n < 2) problems.push(`${key} shows ${n} tick label${n === 1 ? '' : 's'}`);
+  }
+  return problems;
+}"""
+
+
+def chart_text_problems(page, selector: str = ".js-plotly-plot") -> list[str]:
+    """CHART_TEXT_PROBLEMS for every chart matching `selector` on the page."""
+    return [p for chart in page.locator(selector).all() for p in chart.evaluate(CHART_TEXT_PROBLEMS)]
+
 
 def free_port() -> int:
     with socket.socket() as s:

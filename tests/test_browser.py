@@ -16,7 +16,7 @@ import time
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from tests.e2e import (CHROMIUM, DRAWN_STEP, MF_POINTS, PANEL_POINTS, ZOOM_OOD_PIXELS, chromium, png_size,
+from tests.e2e import (CHROMIUM, DRAWN_STEP, chart_text_problems, MF_POINTS, PANEL_POINTS, ZOOM_OOD_PIXELS, chromium, png_size,
                        mark_page, same_page, streamlit_server, tab, timeline_steps, until_done_or_reloaded,
                        wait_idle, wait_loaded,
                        wait_or_reload, wait_settled, wait_state)
@@ -108,6 +108,21 @@ def chart_kept_over_a_frame(page) -> bool:
     raise AssertionError("the page reloaded itself twice while the job trained")
 
 
+# Counts, every 50 ms, the live area's elements drawn faded (Streamlit's look for a stale element).
+LOOK_FOR_FADED = """() => { window.__faded = 0; window.__looked = 0; setInterval(() => { window.__looked++;
+    window.__faded += [...document.querySelectorAll('.st-key-live [data-testid=stElementContainer]')]
+        .filter(e => parseFloat(getComputedStyle(e).opacity) < 0.99).length; }, 50); }"""
+
+
+def charts_text_problems_at(page, width: int, height: int) -> list[str]:
+    """The page's charts at this window size, once Plotly has redrawn them to their new widths: what keeps their
+    text from being read (tests/e2e.py: CHART_TEXT_PROBLEMS). tests/test_charts_fit.py checks every chart so."""
+    page.set_viewport_size({"width": width, "height": height})
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(e => e._fullLayout"
+                           " && Math.abs(e._fullLayout.width - e.getBoundingClientRect().width) < 2)", timeout=20_000)
+    return [f"at {width}x{height}: {p}" for p in chart_text_problems(page)]
+
+
 def zoom_ood(page) -> list:
     """The zoom panel's OOD crosses in screen pixels, once the chart is drawn (it is redrawn at times)."""
     page.wait_for_function(f"() => ({ZOOM_OOD_PIXELS})() !== null", timeout=20_000)
@@ -142,12 +157,13 @@ def test_lecture_controls_follow_at_once_and_the_first_seconds_move(data_dir, tm
                                " return !!e && e._fullLayout && e._fullLayout.xaxis.tickfont.size >= 20"
                                " && e._fullLayout.legend.font.size >= 20; }", timeout=20_000)
 
+        for size in ((1280, 720), (1920, 1080), (1500, 1000)):  # every legend entry, title and tick label readable
+            assert not charts_text_problems_at(page, *size), charts_text_problems_at(page, *size)
+
         start_px = zoom_ood(page)
         assert page.evaluate(DRAWN_STEP) == 0  # M_R before any training
         # While the job trains, nothing in the live area is faded (Streamlit's look for a stale element).
-        page.evaluate("""() => { window.__faded = 0; window.__looked = 0; setInterval(() => { window.__looked++;
-            window.__faded += [...document.querySelectorAll('.st-key-live [data-testid=stElementContainer]')]
-                .filter(e => parseFloat(getComputedStyle(e).opacity) < 0.99).length; }, 50); }""")
+        page.evaluate(LOOK_FOR_FADED)
         page.get_by_role("button", name="Start").click()
         # The chart itself must draw the job's frames: wait until it shows one 40 F steps into the first epoch
         # (the lecture preset's I_G G steps come first and cannot move M_F). How soon that happens is a
@@ -164,7 +180,14 @@ def test_lecture_controls_follow_at_once_and_the_first_seconds_move(data_dir, tm
         assert moved >= 5, f"the chart drew the job's frames but the OOD points moved only {moved:.1f} px"
         assert "epoch=" not in page.url  # a live run's link names no epoch: it follows the job
         wait_state(page, ("running",))
-        assert page.evaluate("() => window.__looked") >= 20 and page.evaluate("() => window.__faded") == 0
+        looked, faded = page.evaluate("() => [window.__looked, window.__faded]")
+        if looked is None:  # the page reloaded itself meanwhile (app/recover.js): look on the new page
+            wait_loaded(page)
+            wait_state(page, ("running",))
+            page.evaluate(LOOK_FOR_FADED)
+            page.wait_for_function("() => window.__looked >= 20", timeout=30_000)
+            looked, faded = page.evaluate("() => [window.__looked, window.__faded]")
+        assert looked >= 20 and faded == 0
 
         page.reload()
         wait_loaded(page)
@@ -389,12 +412,14 @@ def test_attack_page_shows_the_thiefs_view_and_refuses_a_target_deleted_in_anoth
     save_result(runs / ".attacks", saved_attack(data_dir, "AdvFT M_F · lecture", 10.0, 3))
     env = {"ADVFT_DATA_DIR": str(data_dir), "ADVFT_RUNS_DIR": str(runs)}
     with streamlit_server(env, tmp_path / "server.log") as (url, _), tab(browser) as page:
-        page.goto(url + "/attack")
+        page.goto(url + "/attack?style=presentation")
         page.wait_for_selector("[data-testid='stApp'][data-test-connection-state='CONNECTED']", timeout=240_000)
         page.get_by_role("heading", name="The thief's view").wait_for(timeout=120_000)
         drawn = ("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p.data || []).map(t => t.type))")
         page.wait_for_function(f"() => ({drawn})().filter(t => t === 'heatmap').length === 4"
                                f" && ({drawn})().filter(t => t === 'image').length === 2", timeout=60_000)
+        for size in ((1280, 720), (1920, 1080), (1500, 1000)):  # every chart's text readable, on slides too
+            assert not charts_text_problems_at(page, *size), charts_text_problems_at(page, *size)
         assert "unprotected" in page.get_by_role("combobox", name="Attack on the left").input_value()
         assert "AdvFT m = 10" in page.get_by_role("combobox", name="Attack on the right").input_value()
         # The protected side's thief answers half the examples wrong: marked with a cross on the page.

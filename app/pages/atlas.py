@@ -169,7 +169,9 @@ def main() -> None:
         thief = st.radio("Thief on the chart", ("knockoff", "dfme"), horizontal=True, key="w_atlas_thief",
                          format_func=lambda t: "KnockoffNets" if t == "knockoff" else "toy DFME")
     with left:
-        st.markdown("**Protection vs fidelity**: one point per cell, a line per margin through its epochs")
+        st.markdown("**Protection vs fidelity**: one point per cell, a line per margin through its epochs; x is "
+                    f"KL_test(P_R ‖ P_F) on a log axis (N = 0, where M_F is M_R, drawn at {figures.KL_FLOOR:g}), "
+                    "y the chosen thief's best surrogate accuracy")
         trade = session.held("atlas_tradeoff", (str(path), stamp, thief, style),
                             lambda: figures.atlas_tradeoff(list(atlas.cells.values()), cell, thief, style))
         figures.ring_cell(trade, cell, thief)

@@ -139,6 +139,10 @@ with st.container(border=True):
         sampling = d1.radio("KnockoffNets sampling", ("random", "adaptive"), horizontal=True, key="a_sampling")
         surrogate = d2.radio("Surrogate", ("full", "same"), horizontal=True, key="a_surrogate",
                              format_func={"full": "full-width (strong thief)", "same": "same as victim"}.get)
+        rounds = d2.number_input("KnockoffNets rounds", min_value=1, max_value=20, value=1, key="a_rounds",
+                                 help="Query, then train, this many times: the points of the accuracy-vs-queries "
+                                      "curve. 1 is KnockoffNets' own procedure (query the whole budget, then "
+                                      "train) and the strongest thief; more rounds draw the curve in between.")
         beta = d3.number_input("DP beta", 0.05, 1.0, 0.7, 0.05, key="a_beta")
         gamma = d3.number_input("DP gamma", 0.05, 5.0, 0.5, 0.05, key="a_gamma")
         threshold = d1.slider("AM threshold (max softmax)", 0.05, 0.95, 0.5, 0.05, key="a_threshold")
@@ -179,7 +183,7 @@ def start(title: str, kind: str, **args) -> None:
 
 try:
     attack_cfg = AttackConfig(attack=attack_name, labels=labels, queries=int(queries), seed=int(seed),
-                              sampling=sampling, surrogate=surrogate).validate()
+                              sampling=sampling, surrogate=surrogate, rounds=int(rounds)).validate()
     defence_cfg = DefenceConfig(name=defence, dp_beta=float(beta), dp_gamma=float(gamma),
                                 am_threshold=float(threshold), seed=int(seed)).validate()
 except (UserError, ValueError) as e:
@@ -247,7 +251,11 @@ def live() -> None:
         st.session_state.attack_charts = {**st.session_state.get("attack_charts", {}), "accuracy vs queries": curve}
         views.chart(curve, "attack_curve", export.config("attack-curve"))
         views.explain("Surrogate accuracy on the ID test set as the thief spends queries. A working defence keeps "
-                      "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR.")
+                      "this line low while the table's Acc_MF (what honest users get) stays at Acc_MR."
+                      + (" A one-round KnockoffNets attack (its own procedure: query everything, then train) "
+                         "has two points, the untrained surrogate and the final one; choose more rounds under "
+                         "*More attack settings* to see the curve in between." if all(
+                             len(c) <= 2 for c in finished_curves.values()) else ""))
     if not v.active and busy:
         st.rerun()  # the task ended: its saved result joins the table, the buttons come back on
 
