@@ -7,7 +7,7 @@ import time
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.tasks import load_results
+from app.tasks import load_results, save_result
 from core.experiments import TABLE_COLUMNS
 from tests.conftest import ROOT
 
@@ -65,6 +65,12 @@ def test_tiny_attack_lands_in_the_table(page, tmp_path):
     assert list(table["after: KL_test"]) == ["0"]
     # The unprotected target's row is its own "before" (as the none row of `table`).
     assert list(table["before: Acc_MS best"]) == list(table["after: Acc_MS best"])
+    # A protected target's attack saved meanwhile (another tab): the view's right side moves to it.
+    save_result(tmp_path / "runs" / ".attacks", {**row, "target": "AdvFT M_F · elsewhere", "m": 10.0, "n": 3})
+    at.run()
+    assert at.selectbox(key="tv_right").value.startswith("2. AdvFT M_F · elsewhere")
+    assert at.selectbox(key="tv_left").value.startswith("1. original M_R")
+    assert not at.warning and not at.exception
 
 
 def wait_ended(at: AppTest, timeout: float = 600) -> str:

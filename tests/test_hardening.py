@@ -265,16 +265,20 @@ def test_a_full_disk_is_one_line_and_loses_neither_the_folder_name_nor_the_resul
 # ---------------------------------------------------------------- kill -9
 
 
-def _kill_when(cmd, out: Path, ready, env, timeout=120) -> None:
+def _kill_when(cmd, out: Path, ready, env, hang_guard=900) -> None:
+    """Start `python -m core CMD` and kill -9 it once `ready(out)` holds. Waits for that moment however slow
+    the machine (the guard is for a hang only), and says so if the run ended before it."""
     proc = subprocess.Popen([sys.executable, "-m", "core", *map(str, cmd)], cwd=ROOT, env={**os.environ, **env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
+    deadline = time.time() + hang_guard
     try:
         while not ready(out) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.002)
+        reached = ready(out)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    assert reached, f"the run exited ({proc.returncode}) or hung before the moment to kill it"
 
 
 @pytest.mark.parametrize("moment", ["config written", "epoch 1 saved", "mid-epoch 2"])

@@ -75,10 +75,17 @@ def thief_view(results: list[dict], style: str, export: views.Export) -> None:
     left_default = plain_ones[-1] if plain_ones else labels[0]
     others = [k for k in labels if k != left_default]
     right_default = next((k for k in reversed(others) if k not in plain_ones), others[-1] if others else left_default)
+    # A widget keeps its value across reruns: when a new result arrives (an attack just finished), both sides
+    # go back to their defaults, so the new result shows; a result gone (cleared) is no choice any more.
+    arrived = set(labels) - set(st.session_state.get("tv_known", labels))
+    for side, default in (("left", left_default), ("right", right_default)):
+        if arrived or st.session_state.get(f"tv_{side}") not in labels:
+            st.session_state[f"tv_{side}"] = default
+    st.session_state.tv_known = labels
     columns = st.columns(2)
     chosen = {}
-    for col, side, default in zip(columns, ("left", "right"), (left_default, right_default)):
-        label = col.selectbox(f"Attack on the {side}", labels, index=labels.index(default), key=f"tv_{side}")
+    for col, side in zip(columns, ("left", "right")):
+        label = col.selectbox(f"Attack on the {side}", labels, key=f"tv_{side}")  # its value set above
         view = viewable[label]["thief_view"]
         chosen[side] = (label, view, protection(viewable[label]))
         confusions = figures.thief_confusions(view, style)
