@@ -25,6 +25,9 @@ from .advft import Snapshot
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "style"
 HEADROOM = 0.25  # fixed axes: M_R's extent plus this fraction on every side
+# A legend in rows at the figure's foot: the margin grows to hold it, so it never covers an axis title and
+# never scrolls (a legend at the side does, once its entries outgrow the chart's height).
+LEGEND_BELOW = dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, itemsizing="constant")
 
 
 @functools.lru_cache(maxsize=None)
@@ -282,8 +285,7 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
     fig.update_yaxes(showticklabels=False, row=1, col=2)  # M_F's axes are M_R's, labelled on its left
     fig.layout.meta = frame_meta(snapshot)
     return style_layout(fig, style, height, uirevision="fig5", margin=dict(l=10, r=10, t=50, b=10),
-                        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0,
-                                    itemsizing="constant"))
+                        legend=LEGEND_BELOW)
 
 
 def frame_meta(snapshot: Snapshot) -> dict:
@@ -361,7 +363,7 @@ def small_multiples(snapshots: list[tuple[str, Snapshot]], proj: Projection, ran
     _square_axes(fig, ranges, len(snapshots))
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
-    return style_layout(fig, style, height, legend=dict(orientation="h", y=-0.05, itemsizing="constant"))
+    return style_layout(fig, style, height, legend=LEGEND_BELOW)
 
 
 # ---------------------------------------------------------------- generator samples
@@ -405,9 +407,10 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
     page's column at 1280 px); several runs (name -> history) are overlaid, told apart by line dash."""
     t = theme(style)
     fs = t["font_size"]
-    height = height or 22 * fs + 330  # rows tall enough for their tick labels, and the titles between rows
+    legend = int(1.6 * fs + 6) * len(histories) if len(histories) > 1 else 0  # a row per run, at worst
+    height = height or 22 * fs + 330 + legend  # rows tall enough for their tick labels and titles between rows
     gap = 3 * fs + 12  # px between rows: the row above's tick labels, then this row's titles
-    fig = make_subplots(3, 2, subplot_titles=[c[1] for c in CURVES], vertical_spacing=gap / (height - 90),
+    fig = make_subplots(3, 2, subplot_titles=[c[1] for c in CURVES], vertical_spacing=gap / (height - 90 - legend),
                         horizontal_spacing=0.08 + fs / 400)
     for k, (name, history) in enumerate(histories.items()):
         dash = DASHES[k % len(DASHES)]
@@ -434,7 +437,7 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
     fig.update_xaxes(title_text="epoch", row=3)
     # Epochs start at 0 (M_R); labels a little lower, clear of the lowest y label in each panel's corner
     fig.update_xaxes(rangemode="nonnegative", ticklabelstandoff=fs // 2 + 2)
-    return style_layout(fig, style, height, uirevision="curves")
+    return style_layout(fig, style, height, uirevision="curves", legend=LEGEND_BELOW)  # runs' names are long
 
 
 # ---------------------------------------------------------------- attacks and experiments
@@ -451,8 +454,8 @@ def attack_curve(curves: dict[str, list[dict]], style: str = "screen", height: i
                                  marker=dict(size=t["marker_size"] + 1)))
     fig.update_xaxes(title_text="queries")
     fig.update_yaxes(title_text="surrogate test accuracy", range=[0, 1.02])
-    style_layout(fig, style, height, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=50))
-    return fig.update_layout(legend=dict(orientation="h", y=-0.25))
+    return style_layout(fig, style, height, uirevision="attack-curve", margin=dict(l=60, r=20, t=30, b=10),
+                        legend=LEGEND_BELOW)
 
 
 KL_FLOOR = 1e-6  # where a KL of exactly 0 (N = 0: M_F is M_R) sits on a log axis
@@ -537,7 +540,7 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
                                                   "type": "log", "dtick": 1, "exponentformat": "power"})
     return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=10),
                         title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}",
-                        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0))
+                        legend=LEGEND_BELOW)
 
 
 # ---------------------------------------------------------------- the thief's view (core.attacks.thief_view)
@@ -623,7 +626,7 @@ def thief_per_class(views: dict[str, dict], style: str = "screen", height: int =
     fig.update_xaxes(title_text="true class", type="category")
     fig.update_yaxes(title_text="share answered right", range=[0, 1.05])
     return style_layout(fig, style, height, barmode="group", scattermode="group",
-                        margin=dict(l=60, r=20, t=20, b=50), legend=dict(orientation="h", y=-0.3))
+                        margin=dict(l=60, r=20, t=20, b=10), legend=LEGEND_BELOW)
 
 
 # ---------------------------------------------------------------- export

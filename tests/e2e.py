@@ -221,12 +221,18 @@ def until_done_or_reloaded(page, act, done_js: str, timeout_ms: int = 60_000) ->
     meanwhile (Streamlit's frontend lost its elements, under load about once in a few minutes of a live
     run), the action may have been lost with the old page: once the reloaded page is drawn, act() runs once
     more unless it shows the action done, as a user would press again."""
+    from playwright.sync_api import Error
+
     for _ in range(2):
-        mark_page(page)
-        act()
-        wait_or_reload(page, done_js, timeout_ms)
-        if same_page(page):
-            return
+        try:
+            mark_page(page)
+            act()
+            wait_or_reload(page, done_js, timeout_ms)
+            if same_page(page):
+                return
+        except Error as e:  # the reload began while the action was being done
+            if "context was destroyed" not in str(e):
+                raise
         wait_loaded(page)
         if page.evaluate(done_js):
             return

@@ -69,15 +69,17 @@ def charts(data_dir):
                                                          now_title=f"M_F, m = {m:g}, N = {n}"), lambda w: column(w)),
         ("Atlas: trade-off", lambda s: figures.atlas_tradeoff(list(atlas.cells.values()), atlas.cell(m, n), "knockoff", s),
          lambda w: column(w, 2.4, 3.4)),
-        ("Attack: accuracy vs queries", lambda s: figures.attack_curve({"M_R (none, knockoff)": curve,
-                                                                        "M_F (none, knockoff)": curve[:2]}, s),
+        ("Attack: accuracy vs queries", lambda s: figures.attack_curve({
+            "original M_R · mnist_lenet2d (none, knockoff)": curve,
+            "AdvFT M_F · recorded-lecture (none, knockoff)": curve[:2]}, s),
          lambda w: column(w)),
         ("Attack: sweep", lambda s: figures.sweep_figure(sweep, "epoch", s), lambda w: column(w)),
         ("Attack: confusions", lambda s: figures.thief_confusions(view, s), lambda w: column(w, 1, 2)),
         ("Attack: answers", lambda s: figures.thief_answers(view, example_images(view), s), lambda w: column(w, 1, 2)),
-        ("Attack: per class", lambda s: figures.thief_per_class({"left (none)": view, "right (AdvFT)": view}, s),
+        ("Attack: per class", lambda s: figures.thief_per_class({"left (unprotected)": view, "right (AdvFT m = 10)": view}, s),
          lambda w: column(w)),
-        ("Runs: curves compared", lambda s: figures.curves({"a": history, "b": history[:3]}, s), lambda w: column(w)),
+        ("Runs: curves compared", lambda s: figures.curves({"20261202-143805-lecture-m30-s0": history,
+                                                                  "20261202-150112-lecture-m12-s3": history[:3]}, s), lambda w: column(w)),
     ]
 
 

@@ -56,6 +56,13 @@ def test_train_victim_offline_default(tmp_path, capsys):
     assert model.info["test_accuracy"] == info["test_accuracy"] > 0.2  # well above chance after 2 epochs
 
 
+def test_a_victim_that_learned_nothing_is_saved_with_a_warning(tmp_path, capsys):
+    code, _, err = run(capsys, "train-victim", "--dataset", "digits", "--arch", "lenet2d", "--epochs", "1",
+                       "--lr", "1", "--out", tmp_path)
+    assert code == 0 and (tmp_path / "digits_lenet2d.pt").is_file()
+    assert "warning: the victim is at about chance accuracy" in err and "--lr (now 1)" in err
+
+
 def test_advft_happy_path(tmp_path, capsys, small_data_dir):
     out = tmp_path / "run"
     code, stdout, err = run(capsys, "advft", "--victim", MNIST_VICTIM, "--margin", "5", *TINY, "--seed", "0",

@@ -393,6 +393,16 @@ def test_hostile_run_folders_are_listed_as_text_and_cannot_point_elsewhere(env):
     assert not at.exception and any("outside the committed victims" in e.value for e in at.error)
 
 
+def test_deleting_a_run_that_links_elsewhere_removes_the_link_only(env, tmp_path):
+    elsewhere = tmp_path / "someone-elses" / "run"
+    elsewhere.mkdir(parents=True)
+    RunDir(elsewhere).write_config(RunConfig(advft=AdvFTConfig(), victim="mnist_lenet2d", dataset="mnist", arch="lenet2d"))
+    (env / "linked").symlink_to(elsewhere, target_is_directory=True)
+    said = RunDir(env / "linked").delete()
+    assert "Removed the link 'linked'" in said and "left as it is" in said
+    assert not (env / "linked").is_symlink() and (elsewhere / "config.json").is_file()
+
+
 def test_saved_files_of_an_unexpected_shape_are_shown_with_their_problem(env):
     """Valid JSON of another shape: attack rows without labels, a sweep whose rows are not rows, an atlas
     bundle without cells (named like the shipped one), a config with a list or a dict where text goes. Each
