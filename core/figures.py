@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import math
 import json
 import os
 import shutil
@@ -426,8 +427,11 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
             if key == "acc_after" and k == 0 and history:
                 fig.add_hline(y=100 * history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
                               annotation_text="M_R", annotation_position="bottom left", row=row + 1, col=col + 1)
-            if log:  # one tick per decade, written 10^-3
-                fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=row + 1, col=col + 1)
+            if log:  # one tick per decade, written 10^-3, over whole decades: at least two labelled ticks
+                values = [h[key] for hist in histories.values() for h in hist if (h.get(key) or 0) > 0]
+                lo, hi = (math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))) if values else (-3, -2)
+                fig.update_yaxes(type="log", dtick=1, exponentformat="power", range=[lo - 0.03, max(hi, lo + 1) + 0.03],
+                                 row=row + 1, col=col + 1)
     accs = [100 * h[key] for hist in histories.values() for h in hist for key in ("acc_after", "acc_before")
             if h.get(key) is not None]
     if accs:  # at least ACC_SPAN points tall, around the values: the scale never exaggerates a wobble
