@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import math
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass
@@ -285,8 +285,7 @@ def fig5_panels(snapshot: Snapshot, proj: Projection, ranges: Ranges, classes, s
     fig.update_yaxes(title_text=y_name, title_standoff=2, row=1, col=1)
     fig.update_yaxes(showticklabels=False, row=1, col=2)  # M_F's axes are M_R's, labelled on its left
     fig.layout.meta = frame_meta(snapshot)
-    return style_layout(fig, style, height, uirevision="fig5", margin=dict(l=10, r=10, t=50, b=10),
-                        legend=LEGEND_BELOW)
+    return style_layout(fig, style, height, uirevision="fig5", legend=LEGEND_BELOW)
 
 
 def frame_meta(snapshot: Snapshot) -> dict:
@@ -400,6 +399,14 @@ CURVES = (  # (history key, title, log scale, role colour)
     ("ood_agreement", "OOD agreement", False, "ood"),
 )
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def log_decades(values) -> dict:
+    """A log axis with one tick per decade, written 10^-3, over whole decades around the positive values:
+    at least two labelled ticks however narrow their spread (a KL that stays within one decade)."""
+    positive = [v for v in values if v is not None and v > 0]
+    lo, hi = (math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))) if positive else (-3, -2)
+    return dict(type="log", dtick=1, exponentformat="power", range=[lo - 0.03, max(hi, lo + 1) + 0.03])
 ACC_SPAN = 2.0  # points: the smallest height of the accuracy axis
 
 
@@ -427,11 +434,11 @@ def curves(histories: dict[str, list[dict]], style: str = "screen", height: int 
             if key == "acc_after" and k == 0 and history:
                 fig.add_hline(y=100 * history[0]["acc_before"], line=dict(color=t["roles"]["m_r"], dash="dot"),
                               annotation_text="M_R", annotation_position="bottom left", row=row + 1, col=col + 1)
-            if log:  # one tick per decade, written 10^-3, over whole decades: at least two labelled ticks
-                values = [h[key] for hist in histories.values() for h in hist if (h.get(key) or 0) > 0]
-                lo, hi = (math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))) if values else (-3, -2)
-                fig.update_yaxes(type="log", dtick=1, exponentformat="power", range=[lo - 0.03, max(hi, lo + 1) + 0.03],
-                                 row=row + 1, col=col + 1)
+    for i, (key, _, log, _) in enumerate(CURVES):
+        if log:
+            row, col = divmod(i, 2)
+            fig.update_yaxes(**log_decades([h.get(key) for hist in histories.values() for h in hist]),
+                             row=row + 1, col=col + 1)
     accs = [100 * h[key] for hist in histories.values() for h in hist for key in ("acc_after", "acc_before")
             if h.get(key) is not None]
     if accs:  # at least ACC_SPAN points tall, around the values: the scale never exaggerates a wobble
@@ -541,7 +548,7 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
                    yaxis="y2", line=dict(color=t["roles"]["m_r"], width=t["line_width"], dash="dot"))])
     fig.update_layout(xaxis_title={"epoch": "AdvFT epochs N", "margin": "margin m"}[x], yaxis_title="test accuracy",
                       yaxis_range=[0, 1], yaxis2={"title": "KL_test", "overlaying": "y", "side": "right",
-                                                  "type": "log", "dtick": 1, "exponentformat": "power"})
+                                                  **log_decades([max(r["kl_test"], 1e-12) for r in rows])})
     return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=10),
                         title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}",
                         legend=LEGEND_BELOW)
