@@ -22,7 +22,7 @@ from core.runs import RunDir
 from core.training import RECORDED_DIR, load_victim
 from tests.e2e import CHROMIUM, chart_text_problems, chromium
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")]
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 SIDEBAR, PADDING, GAP = 300, 2 * 80, 16  # Streamlit's wide layout: sidebar, main block's side padding, column gap
