@@ -209,8 +209,8 @@ class Renderer:
         usable = width - 2 * pad - gap * (len(self.spec.panels) - 1)
         zoom = zoom_ranges(self.first, self.proj)
         self.panels, left = [], pad
-        for kind in self.spec.panels:  # equal widths, as in the app (core.figures.fig5_panels)
-            panel_w = int(usable / len(self.spec.panels))
+        panel_w = usable // len(self.spec.panels)  # equal widths, as in the app (core.figures.fig5_panels)
+        for kind in self.spec.panels:
             side = panel_w - y_axis - 4 * s
             self.panels.append(_Panel(kind, (left + y_axis, top, side), (left, left + panel_w),
                                       zoom if kind == "zoom" else self.ranges,

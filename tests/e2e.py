@@ -188,6 +188,11 @@ def wait_settled(page, quiet_ms: int = 1000, timeout_ms: int = 30_000) -> None:
             return t - window.__settled.since >= quiet; }}""", arg=quiet_ms, timeout=timeout_ms, polling=100)
 
 
+def reloaded(error) -> bool:
+    """Whether a Playwright error says the page navigated away (app/recover.js reloading it) mid-call."""
+    return "context was destroyed" in str(error)
+
+
 def mark_page(page) -> None:
     """A mark on the page's window that a reload (app/recover.js) drops: see same_page."""
     page.evaluate("() => { window.__same_page = true; }")
@@ -200,7 +205,7 @@ def same_page(page) -> bool:
     try:
         return page.evaluate("() => window.__same_page === true")
     except Error as e:
-        if "context was destroyed" in str(e):
+        if reloaded(e):
             return False
         raise
 
@@ -212,7 +217,7 @@ def wait_or_reload(page, js: str, timeout_ms: int) -> None:
     try:
         page.wait_for_function(f"() => window.__same_page !== true || ({js})()", timeout=timeout_ms)
     except Error as e:
-        if "context was destroyed" not in str(e):  # a timeout, or anything else: the test's failure
+        if not reloaded(e):  # a timeout, or anything else: the test's failure
             raise
 
 
@@ -231,7 +236,7 @@ def until_done_or_reloaded(page, act, done_js: str, timeout_ms: int = 60_000) ->
             if same_page(page):
                 return
         except Error as e:  # the reload began while the action was being done
-            if "context was destroyed" not in str(e):
+            if not reloaded(e):
                 raise
         wait_loaded(page)
         if page.evaluate(done_js):

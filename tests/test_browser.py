@@ -17,7 +17,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.e2e import (CHROMIUM, DRAWN_STEP, chart_text_problems, MF_POINTS, PANEL_POINTS, ZOOM_OOD_PIXELS, chromium, png_size,
-                       mark_page, same_page, streamlit_server, tab, timeline_steps, until_done_or_reloaded,
+                       mark_page, reloaded, same_page, streamlit_server, tab, timeline_steps, until_done_or_reloaded,
                        wait_idle, wait_loaded,
                        wait_or_reload, wait_settled, wait_state)
 from core.advft import preset_config
@@ -102,7 +102,7 @@ def chart_kept_over_a_frame(page) -> bool:
             if same_page(page):
                 return page.evaluate("() => document.querySelector('.js-plotly-plot').__mounted_before_frame === true")
         except PlaywrightError as e:  # the reload began while the marks were being set
-            if "context was destroyed" not in str(e):
+            if not reloaded(e):
                 raise
         wait_loaded(page)
     raise AssertionError("the page reloaded itself twice while the job trained")
@@ -114,13 +114,18 @@ LOOK_FOR_FADED = """() => { window.__faded = 0; window.__looked = 0; setInterval
         .filter(e => parseFloat(getComputedStyle(e).opacity) < 0.99).length; }, 50); }"""
 
 
-def charts_text_problems_at(page, width: int, height: int) -> list[str]:
-    """The page's charts at this window size, once Plotly has redrawn them to their new widths: what keeps their
-    text from being read (tests/e2e.py: CHART_TEXT_PROBLEMS). tests/test_charts_fit.py checks every chart so."""
-    page.set_viewport_size({"width": width, "height": height})
-    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(e => e._fullLayout"
-                           " && Math.abs(e._fullLayout.width - e.getBoundingClientRect().width) < 2)", timeout=20_000)
-    return [f"at {width}x{height}: {p}" for p in chart_text_problems(page)]
+def assert_charts_readable(page) -> None:
+    """At a 1280x720 and a 1920x1080 window, once Plotly has redrawn the page's charts to their new widths,
+    nothing keeps their text from being read (tests/e2e.py: CHART_TEXT_PROBLEMS; tests/test_charts_fit.py
+    checks every chart so). The window goes back to the tests' size after."""
+    problems = []
+    for width, height in ((1280, 720), (1920, 1080), (1500, 1000)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].every(e => e._fullLayout"
+                               " && Math.abs(e._fullLayout.width - e.getBoundingClientRect().width) < 2)",
+                               timeout=20_000)
+        problems += [f"at {width}x{height}: {p}" for p in chart_text_problems(page)]
+    assert not problems, problems
 
 
 def zoom_ood(page) -> list:
@@ -157,8 +162,7 @@ def test_lecture_controls_follow_at_once_and_the_first_seconds_move(data_dir, tm
                                " return !!e && e._fullLayout && e._fullLayout.xaxis.tickfont.size >= 20"
                                " && e._fullLayout.legend.font.size >= 20; }", timeout=20_000)
 
-        for size in ((1280, 720), (1920, 1080), (1500, 1000)):  # every legend entry, title and tick label readable
-            assert not charts_text_problems_at(page, *size), charts_text_problems_at(page, *size)
+        assert_charts_readable(page)  # every legend entry, title and tick label, at both slide sizes
 
         start_px = zoom_ood(page)
         assert page.evaluate(DRAWN_STEP) == 0  # M_R before any training
@@ -418,8 +422,7 @@ def test_attack_page_shows_the_thiefs_view_and_refuses_a_target_deleted_in_anoth
         drawn = ("() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(p => (p.data || []).map(t => t.type))")
         page.wait_for_function(f"() => ({drawn})().filter(t => t === 'heatmap').length === 4"
                                f" && ({drawn})().filter(t => t === 'image').length === 2", timeout=60_000)
-        for size in ((1280, 720), (1920, 1080), (1500, 1000)):  # every chart's text readable, on slides too
-            assert not charts_text_problems_at(page, *size), charts_text_problems_at(page, *size)
+        assert_charts_readable(page)
         assert "unprotected" in page.get_by_role("combobox", name="Attack on the left").input_value()
         assert "AdvFT m = 10" in page.get_by_role("combobox", name="Attack on the right").input_value()
         # The protected side's thief answers half the examples wrong: marked with a cross on the page.

@@ -4,7 +4,7 @@ Checked from the text's bounding boxes in Chromium (tests/e2e.py: CHART_TEXT_PRO
 
 The figures are core.figures' own, made from the shipped recordings and atlas; each is drawn by plotly.js
 (the copy inside the plotly package, as the app serves it) in a box as wide as the app's column for it.
-tests/test_browser.py checks the same on the live Defend page."""
+tests/test_browser.py checks the same on the live Defend and Attack pages."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from pathlib import Path
 import plotly
 import pytest
 
-from core import figures
+from core import figures, load_model
 from core.atlas import Atlas, shipped_atlases
-from core import load_model
 from core.attacks import example_images, outputs, thief_view
 from core.data import DATASETS
 from core.runs import RunDir
