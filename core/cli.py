@@ -296,16 +296,19 @@ def cmd_runs(a) -> int:
 # ---------------------------------------------------------------- attack, table, sweep
 
 
-def attack_config(a) -> AttackConfig:
-    """AttackConfig's defaults, then the --scale's budgets (table and sweep), then every option given."""
+def attack_config(a, name: str | None = None) -> AttackConfig:
+    """AttackConfig's defaults, then the --scale's budgets (table and sweep), then every option given. With
+    `name` (sweep --also), that attack with every option but --queries: its budget is the scale's."""
     from .experiments import scaled_attack
 
     options = {"labels": "labels", "queries": "queries", "surrogate": "surrogate", "seed": "seed",
                "sampling": "sampling", "transfer": "transfer", "rounds": "rounds", "evals": "evals",
                "eval_size": "eval_size", "epochs": "train_epochs", "patience": "patience"}
+    if name is not None:
+        del options["queries"]
     explicit = {k: getattr(a, opt) for k, opt in options.items() if getattr(a, opt, None) is not None}
     explicit["allow_id_transfer"] = bool(getattr(a, "allow_id_transfer", False))
-    return scaled_attack(_attack_name(a), _scale(a) or "toy", **explicit)
+    return scaled_attack(name or _attack_name(a), _scale(a) or "toy", **explicit)
 
 
 def cmd_attack(a) -> int:
@@ -470,13 +473,16 @@ def cmd_sweep(a) -> int:
 
     from .training import check_ood
 
+    if a.also == _attack_name(a):
+        raise CLIError(f"--also {a.also}: the sweep's attack is already {a.also}; --also adds the other one")
     out, device, attack, victim_name, victim, data, executor = _experiment_setup(a)
     advft = advft_config(a)
     check_ood(advft, data)
+    also = (attack_config(a, a.also),) if a.also else ()
     if a.kind == "epochs":
-        cells = epoch_cells(victim_name, advft, attack, a.at)
+        cells = epoch_cells(victim_name, advft, attack, a.at, also)
     else:
-        cells = margin_cells(victim_name, advft, attack, a.margins)
+        cells = margin_cells(victim_name, advft, attack, a.margins, also=also)
     t0 = time.perf_counter()
     result = _run_cells(a, cells, out, device, executor)
     if a.kind == "epochs":
@@ -723,6 +729,10 @@ def build_parser() -> argparse.ArgumentParser:
             e.add_argument("--kind", default="epochs", choices=["epochs", "margin"])
             e.add_argument("--at", type=_csv_epochs, help="epochs to attack after, e.g. 0,1,2,4,6 (default: every epoch)")
             e.add_argument("--margins", type=_csv_floats, default=[1.0, 3.0, 10.0, 30.0], help="margins for --kind margin")
+            e.add_argument("--also", choices=["knockoff", "dfme"],
+                           help="attack every point with this thief too, after --attack, at the --scale's budget for it "
+                                "with the other options above (e.g. Fig. 4's DFME and a KnockoffNets thief from one "
+                                "AdvFT run)")
             e.set_defaults(func=cmd_sweep)
         _grid_args(e)
 

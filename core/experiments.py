@@ -409,26 +409,50 @@ def _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop
 # ---------------------------------------------------------------- Fig. 4 and the margin sweep
 
 
-def _sweep_row(record: dict, r: dict, **keys) -> dict:
-    """A sweep row from an attack point: `record` is the run's history record (Acc_MF, KL_test, OOD agreement)."""
-    return {**keys, "acc_mf": record["acc_after"], "kl_test": record["kl_test"],
-            "ood_agreement": record["ood_agreement"], "surrogate_acc": r["surrogate_acc"],
-            "surrogate_best_acc": r["surrogate_best_acc"], "agreement": r["agreement"], "queries": r["queries"],
-            "attack_seconds": round(r["seconds"], 1), "status": r["status"]}
+def _also_columns(also: tuple[dict, ...]) -> tuple[str, ...]:
+    """A sweep row's columns for its extra attacks (Cell.also): <attack>_best_acc, <attack>_acc (final) and
+    <attack>_seconds for each, e.g. knockoff_best_acc."""
+    return tuple(f"{a['attack']}_{k}" for a in also for k in ("best_acc", "acc", "seconds"))
 
 
-def epoch_cells(victim: str, advft: AdvFTConfig, attack: AttackConfig, at_epochs: list[int] | None = None) -> list[Cell]:
+def _sweep_row(record: dict, r: dict, also: list[dict] = (), **keys) -> dict:
+    """A sweep row from an attack point: `record` is the run's history record (Acc_MF, KL_test, OOD agreement),
+    `r` the attack's result, `also` the extra attacks' results (columns: _also_columns)."""
+    row = {**keys, "acc_mf": record["acc_after"], "kl_test": record["kl_test"],
+           "ood_agreement": record["ood_agreement"], "surrogate_acc": r["surrogate_acc"],
+           "surrogate_best_acc": r["surrogate_best_acc"], "agreement": r["agreement"], "queries": r["queries"],
+           "attack_seconds": round(r["seconds"], 1), "status": r["status"]}
+    for extra in also:
+        row.update({f"{extra['attack']}_best_acc": extra["surrogate_best_acc"],
+                    f"{extra['attack']}_acc": extra["surrogate_acc"],
+                    f"{extra['attack']}_seconds": round(extra["seconds"], 1)})
+    return row
+
+
+def _also(attack: AttackConfig, also: tuple[AttackConfig, ...]) -> tuple[dict, ...]:
+    """Extra attacks for every point of a sweep (Cell.also), one per kind, each a different one from `attack`."""
+    kinds = [a.attack for a in also]
+    if attack.attack in kinds or len(set(kinds)) < len(kinds):
+        raise ConfigError(f"a sweep's extra attacks must differ from its attack ({attack.attack}) and from each "
+                          f"other (got {', '.join(kinds)}): choose another attack to add")
+    return tuple(asdict(a.validate()) for a in also)
+
+
+def epoch_cells(victim: str, advft: AdvFTConfig, attack: AttackConfig, at_epochs: list[int] | None = None,
+                also: tuple[AttackConfig, ...] = ()) -> list[Cell]:
     """Fig. 4 as a grid: `before` (N = 0) when 0 is asked for, and one AdvFT run (run folder `advft`) to the
-    last chosen epoch, attacked after each chosen epoch (see the module docstring for why one cell)."""
+    last chosen epoch, attacked after each chosen epoch (see the module docstring for why one cell), by
+    `attack` and then by each of `also` (e.g. DFME for Fig. 4 and a KnockoffNets thief from the same run)."""
     attack = attack.validate()
+    extra = _also(attack, also)
     at = sorted(set(at_epochs if at_epochs is not None else range(advft.epochs + 1)))
     if not at or at[0] < 0 or at[-1] > advft.epochs:
         raise ConfigError(f"sweep epochs must lie in 0..{advft.epochs} (got {at_epochs})")
     a = asdict(attack)
-    cells = [Cell("before", victim, a)] if 0 in at else []
+    cells = [Cell("before", victim, a, also=extra)] if 0 in at else []
     if at[-1] > 0:
         cells.append(Cell("advft", victim, a, advft=asdict(replace(advft, epochs=at[-1]).validate()),
-                          at_epochs=tuple(e for e in at if e > 0)))
+                          at_epochs=tuple(e for e in at if e > 0), also=extra))
     return cells
 
 
@@ -438,41 +462,45 @@ def epoch_report(cells: list[Cell], result: GridResult, advft: AdvFTConfig, atta
     for cell in cells:
         cell_row = result.row(cell.name)
         if cell.name in result.failed:
-            rows += [_failed_row(result.records[cell.name], ("epoch", *SWEEP_ROW), epoch=e)
+            rows += [_failed_row(result.records[cell.name], ("epoch", *SWEEP_ROW, *_also_columns(cell.also)), epoch=e)
                      for e in (cell.at_epochs if cell.advft is not None else (0,))]
         elif cell_row is None:
             continue  # never ran: the grid was stopped
         elif cell.advft is None:  # N = 0: M_F = M_R
             unprotected = {"acc_after": cell_row["acc_mr"], "kl_test": 0.0, "ood_agreement": 1.0}
-            rows.append(_sweep_row(unprotected, cell_row["points"][0]["attack"], epoch=0))
+            point = cell_row["points"][0]
+            rows.append(_sweep_row(unprotected, point["attack"], point.get("also", ()), epoch=0))
         else:
-            rows += [_sweep_row(p["record"], p["attack"], epoch=p["epoch"]) for p in cell_row["points"]]
+            rows += [_sweep_row(p["record"], p["attack"], p.get("also", ()), epoch=p["epoch"]) for p in cell_row["points"]]
     return {"rows": rows, "advft": asdict(advft), "attack": asdict(attack), "dataset": dataset,
             "cells": cells_summary(result)}
 
 
 def epoch_sweep(victim: Classifier, data: Dataset, advft: AdvFTConfig, attack: AttackConfig, out: Path,
                 at_epochs: list[int] | None = None, data_dir=None, victim_name: str = "", note: Note = _quiet,
-                should_stop=None, progress=None) -> dict:
+                should_stop=None, progress=None, also: tuple[AttackConfig, ...] = ()) -> dict:
     """Fig. 4 for an already loaded victim, in this process: the AdvFT run goes to out/advft; the
-    protected model is attacked after each epoch in `at_epochs` (N = 0 is the unprotected victim)."""
-    cells = epoch_cells(victim_name, advft, attack, at_epochs)
+    protected model is attacked after each epoch in `at_epochs` (N = 0 is the unprotected victim), by
+    `attack` and then each of `also`."""
+    cells = epoch_cells(victim_name, advft, attack, at_epochs, also)
     result = _run_here(cells, out, victim, data, victim_name, data_dir, note, should_stop, progress)
     return epoch_report(cells, result, advft, attack, data.name)
 
 
 def margin_cells(victim: str, advft: AdvFTConfig, attack: AttackConfig, margins: list[float],
-                 seeds: list[int] | None = None) -> list[Cell]:
+                 seeds: list[int] | None = None, also: tuple[AttackConfig, ...] = ()) -> list[Cell]:
     """The margin sweep as a grid: a cell per margin (run folder m<m>), or per margin and seed (m<m>-s<seed>,
-    the seed of both AdvFT and the attack) when `seeds` are given."""
+    the seed of AdvFT and of every attack) when `seeds` are given; `also` as for epoch_cells."""
     attack = attack.validate()
+    extra = _also(attack, also)
     cells = []
     for m in margins:
         for seed in (seeds if seeds else [None]):
-            config, att, name = replace(advft, margin=m), attack, f"m{m:g}"
+            config, att, more, name = replace(advft, margin=m), attack, extra, f"m{m:g}"
             if seed is not None:
                 config, att, name = replace(config, seed=seed), replace(attack, seed=seed), f"{name}-s{seed}"
-            cells.append(Cell(name, victim, asdict(att.validate()), advft=asdict(config.validate())))
+                more = tuple({**e, "seed": seed} for e in extra)
+            cells.append(Cell(name, victim, asdict(att.validate()), advft=asdict(config.validate()), also=more))
     return cells
 
 
@@ -485,10 +513,11 @@ def margin_report(cells: list[Cell], result: GridResult, advft: AdvFTConfig, att
             keys["seed"] = cell.advft["seed"]
         cell_row = result.row(cell.name)
         if cell.name in result.failed:
-            rows.append(_failed_row(result.records[cell.name], (*keys, *SWEEP_ROW), **keys))
+            rows.append(_failed_row(result.records[cell.name], (*keys, *SWEEP_ROW, *_also_columns(cell.also)), **keys))
         elif cell_row is not None:
             point = cell_row["points"][-1]
-            rows.append(_sweep_row(point["record"], point["attack"], **{**keys, "epochs": cell_row["n"]}))
+            rows.append(_sweep_row(point["record"], point["attack"], point.get("also", ()),
+                                   **{**keys, "epochs": cell_row["n"]}))
     return {"rows": rows, "advft": asdict(advft), "attack": asdict(attack), "dataset": dataset,
             "cells": cells_summary(result)}
 

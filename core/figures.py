@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .advft import Snapshot
+from .attacks import ATTACKS
 
 STYLE_DIR = Path(__file__).resolve().parent.parent / "assets" / "style"
 HEADROOM = 0.25  # fixed axes: M_R's extent plus this fraction on every side
@@ -537,11 +538,18 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
     t = theme(style)
     rows = report["rows"]
     xs = [r[x] for r in rows]
-    fig = go.Figure([
-        go.Scatter(name="surrogate Acc_MS, best", x=xs, y=[r["surrogate_best_acc"] for r in rows], mode="lines+markers",
-                   line=dict(color=t["roles"]["ood"], width=t["line_width"])),
-        go.Scatter(name="surrogate Acc_MS, final", x=xs, y=[r["surrogate_acc"] for r in rows], mode="lines+markers",
-                   line=dict(color=t["roles"]["ood"], width=t["line_width"], dash="dash"), opacity=0.6),
+    # a sweep with extra thieves (`sweep --also`) has <attack>_best_acc columns: one more pair of lines each
+    extra = [a for a in ATTACKS if rows and f"{a}_best_acc" in rows[0] and a != report["attack"]["attack"]]
+    thief = ATTACKS[report["attack"]["attack"]].label if extra else "surrogate"
+    lines = [(thief, "surrogate_best_acc", "surrogate_acc", t["roles"]["ood"])]
+    lines += [(ATTACKS[a].label, f"{a}_best_acc", f"{a}_acc", t["roles"]["generator"]) for a in extra]
+    fig = go.Figure()
+    for name, best, final, colour in lines:
+        fig.add_trace(go.Scatter(name=f"{name} Acc_MS, best", x=xs, y=[r[best] for r in rows], mode="lines+markers",
+                                 line=dict(color=colour, width=t["line_width"])))
+        fig.add_trace(go.Scatter(name=f"{name} Acc_MS, final", x=xs, y=[r[final] for r in rows], mode="lines+markers",
+                                 line=dict(color=colour, width=t["line_width"], dash="dash"), opacity=0.6))
+    fig.add_traces([
         go.Scatter(name="protected Acc_MF", x=xs, y=[r["acc_mf"] for r in rows], mode="lines+markers",
                    line=dict(color=t["roles"]["m_f"], width=t["line_width"])),
         go.Scatter(name="KL_test", x=xs, y=[max(r["kl_test"], 1e-12) for r in rows], mode="lines+markers",
@@ -550,7 +558,8 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
                       yaxis_range=[0, 1], yaxis2={"title": "KL_test", "overlaying": "y", "side": "right",
                                                   **log_decades([max(r["kl_test"], 1e-12) for r in rows])})
     return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=10),
-                        title=f"{report['attack']['attack']} vs AdvFT on {report['dataset']}",
+                        title=f"{' and '.join(ATTACKS[a].label for a in [report['attack']['attack'], *extra])} vs AdvFT "
+                              f"on {report['dataset']}",
                         legend=LEGEND_BELOW)
 
 

@@ -47,3 +47,23 @@ def test_sweeps_attack_each_chosen_model(victim, mnist_small, data_dir, tmp_path
     assert (tmp_path / "margins" / "m20" / "model.pt").is_file()  # every AdvFT run is a run folder
     with pytest.raises(ValueError, match="0..2"):
         epoch_sweep(victim, mnist_small, tiny_config(epochs=2), TINY_ATTACK, tmp_path / "x", [3], data_dir)
+
+
+def test_an_epoch_sweep_runs_a_second_thief_on_the_same_models(victim, mnist_small, data_dir, tmp_path):
+    """Fig. 4's DFME and a KnockoffNets thief from one AdvFT run: both columns in every row, both lines drawn."""
+    dfme = AttackConfig(attack="dfme", queries=2048, evals=2, eval_size=500)
+    report = epoch_sweep(victim, mnist_small, tiny_config(epochs=1), dfme, tmp_path / "fig4", [0, 1], data_dir,
+                         also=(TINY_ATTACK,))
+    first, last = report["rows"]
+    assert [first["epoch"], last["epoch"]] == [0, 1] and 0 < first["queries"] == last["queries"] <= 2048
+    assert all(1 >= r["knockoff_best_acc"] >= r["knockoff_acc"] > 0 and r["knockoff_seconds"] > 0 for r in (first, last))
+    # the second thief is its own attack, with its own budget, on the same model as the first at each point
+    cell = json.loads((tmp_path / "fig4" / "cells" / "advft.json").read_text())
+    point = cell["row"]["points"][0]
+    assert point["epoch"] == 1 and point["also"][0]["attack"] == "knockoff" and point["also"][0]["queries"] == 400
+    assert point["also"][0]["surrogate_best_acc"] == last["knockoff_best_acc"]
+    names = [t.name for t in sweep_figure(report, "epoch").data]
+    assert names[:4] == ["DFME Acc_MS, best", "DFME Acc_MS, final", "KnockoffNets Acc_MS, best",
+                         "KnockoffNets Acc_MS, final"]
+    with pytest.raises(ValueError, match="must differ"):
+        epoch_sweep(victim, mnist_small, tiny_config(epochs=1), dfme, tmp_path / "x", [1], data_dir, also=(dfme,))

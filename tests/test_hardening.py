@@ -79,6 +79,7 @@ def test_cli_refuses_bad_values_before_any_work(tmp_path):
         (["advft", "--batch-size", "100000000", "--out", tmp_path / "a"], ["batch size", "8,192"]),
         (["attack", "--target", "mnist_lenet2d", "--seed", "-1", "--out", tmp_path / "a"], ["must be >= 0"]),
         (["sweep", "--at", "0,99999", "--out", tmp_path / "a"], ["--at"]),
+        (["sweep", "--also", "dfme", "--out", tmp_path / "a"], ["--also dfme", "the other one"]),
         (["train-victim", "--dataset", "mnist", "--lr", "1e6", "--out", tmp_path / "a"], ["--lr", "at most 1"]),
         (["train-victim", "--dataset", "mnist", "--lr", "nan", "--out", tmp_path / "a"], ["--lr"]),
     ]:

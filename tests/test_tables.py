@@ -197,6 +197,10 @@ def test_scales_give_the_papers_budgets():
     assert (attack.queries, advft.epochs, advft.i_f) == (6_000_000, 6, 4690)
     assert parsed("sweep", "--kind", "epochs")[0].attack == "dfme"  # the paper's Fig. 4 is DFME's
     assert parsed("sweep", "--kind", "epochs", "--attack", "knockoff")[0].attack == "knockoff"
+    a = build_parser().parse_args(["sweep", "--preset", "table-mnist", "--also", "knockoff", "--queries", "1000",
+                                   "--patience", "3", "--out", "x"])
+    also = attack_config(a, a.also)  # the scale's budget for the added thief; the other options as given
+    assert (attack_config(a).queries, also.attack, also.queries, also.patience) == (1000, "knockoff", 50_000, 3)
     assert parsed("table")[0].queries == 20_000 and parsed("attack", "--target", "t")[0].queries == 20_000
 
 
