@@ -596,11 +596,14 @@ def write_experiment(out: Path, name: str, report: dict, figure, markdown: str |
     # plotly.js embedded (~4 MB) so the figure opens offline, like the rest of the project
     page = html_page if html_page is not None else figure.to_html(include_plotlyjs=True)
     atomic_write_bytes(out / f"{name}.html", page.encode())
-    try:
-        atomic_write_bytes(out / f"{name}.png", figure.to_image(format="png"))
-        return [f"wrote {name}.csv, .json, .html, .png in {out}"]
-    except Exception:  # kaleido (plotly's image export) is not installed: HTML only
-        return [f"wrote {name}.csv, .json, .html in {out} (no PNG: plotly's image export needs kaleido, not installed)"]
+    from .figures import render_static  # plotly is loaded only by commands that draw
+
+    try:  # retried when Kaleido's fresh tab is not ready; without Kaleido or a Chromium the reason is said
+        png = render_static(figure, "png", figure.layout.width or 700, figure.layout.height or 500, 1)
+    except RuntimeError as e:
+        return [f"wrote {name}.csv, .json, .html in {out} (no PNG: {e})"]
+    atomic_write_bytes(out / f"{name}.png", png)
+    return [f"wrote {name}.csv, .json, .html, .png in {out}"]
 
 
 def _fmt(v, kind: str) -> str:

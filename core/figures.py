@@ -552,11 +552,13 @@ def sweep_figure(report: dict, x: str, style: str = "screen", height: int = 420)
     fig.add_traces([
         go.Scatter(name="protected Acc_MF", x=xs, y=[r["acc_mf"] for r in rows], mode="lines+markers",
                    line=dict(color=t["roles"]["m_f"], width=t["line_width"])),
-        go.Scatter(name="KL_test", x=xs, y=[max(r["kl_test"], 1e-12) for r in rows], mode="lines+markers",
+        # a log axis has no place for the unprotected model's KL of 0: its point is left out, not drawn at 1e-12
+        go.Scatter(name="KL_test", x=[xv for xv, r in zip(xs, rows) if r["kl_test"] > 0],
+                   y=[r["kl_test"] for r in rows if r["kl_test"] > 0], mode="lines+markers",
                    yaxis="y2", line=dict(color=t["roles"]["m_r"], width=t["line_width"], dash="dot"))])
     fig.update_layout(xaxis_title={"epoch": "AdvFT epochs N", "margin": "margin m"}[x], yaxis_title="test accuracy",
                       yaxis_range=[0, 1], yaxis2={"title": "KL_test", "overlaying": "y", "side": "right",
-                                                  **log_decades([max(r["kl_test"], 1e-12) for r in rows])})
+                                                  **log_decades([r["kl_test"] for r in rows])})
     return style_layout(fig, style, height, margin=dict(l=60, r=60, t=60, b=10),
                         title=f"{' and '.join(ATTACKS[a].label for a in [report['attack']['attack'], *extra])} vs AdvFT "
                               f"on {report['dataset']}",
