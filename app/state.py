@@ -27,8 +27,8 @@ class UIPreset:
 
 # How the page names each core preset; a preset without a label here is offered under its own name.
 PRESET_LABELS = {"lecture": "lecture demo, CPU", "offline": "offline demo", "fig5": "Fig. 5 of the paper",
-                 "table-mnist": "Tables 2-3 victim (MNIST LeNet), CPU",
-                 "table-mnist-m100": "Tables 2-3 victim, the paper's m = 100, CPU (~30 min)", "paper": "paper settings"}
+                 "table-mnist": "Tables 2-3 victim (MNIST LeNet), m = 100, CPU (~16 min)",
+                 "table-mnist-m10": "Tables 2-3 victim, m = 10, CPU (~3 min)", "paper": "paper settings"}
 # Every preset is offered only when its victim's checkpoint exists (preset_available); a URL naming
 # another is told how to train it.
 UI_PRESETS: dict[str, UIPreset] = {name: UIPreset(PRESET_LABELS.get(name, name), name, p["victim"])

@@ -553,7 +553,7 @@ SCALE_ATTACKS = {
 # --scale paper also takes the AdvFT settings of the `paper` preset, with the N of the paper's table for the
 # attack (Table 2, DFME: N = 6; Table 3, KnockoffNets: N = 75).
 PAPER_EPOCHS = {"dfme": 6, "knockoff": 75}
-PRESET_SCALES = {"table-mnist": "cpu", "table-mnist-m100": "cpu", "paper": "paper"}  # a preset's default scale; the others: toy
+PRESET_SCALES = {"table-mnist": "cpu", "table-mnist-m10": "cpu", "paper": "paper"}  # a preset's default scale; the others: toy
 
 
 def default_scale(preset: str) -> str:

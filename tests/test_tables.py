@@ -181,7 +181,7 @@ def test_scales_give_the_papers_budgets():
     assert paper.queries == 6_000_000 and paper.dfme_batch == 256
     assert scaled_attack("knockoff", "paper", queries=1000).queries == 1000  # an option given wins
     assert scaled_advft("table-mnist", "paper", "knockoff").epochs == 75
-    assert scaled_advft("table-mnist", "paper", "dfme").margin == 100 and scaled_advft("table-mnist", "cpu", "dfme").epochs == 20
+    assert scaled_advft("table-mnist", "paper", "dfme").margin == 100 and scaled_advft("table-mnist", "cpu", "dfme").epochs == 8
     with pytest.raises(ConfigError, match="unknown scale"):
         scaled_attack("knockoff", "huge")
     assert PRESETS["paper"]["victim"] == PRESETS["table-mnist"]["victim"] == "mnist_lenet"
@@ -192,7 +192,7 @@ def test_scales_give_the_papers_budgets():
         return attack_config(a), advft_config(a) if hasattr(a, "preset") else None
 
     attack, advft = parsed("table", "--preset", "table-mnist")
-    assert (attack.attack, attack.queries, attack.patience, advft.epochs) == ("knockoff", 50_000, 5, 20)
+    assert (attack.attack, attack.queries, attack.patience, advft.epochs, advft.margin) == ("knockoff", 50_000, 5, 8, 100)
     attack, advft = parsed("table", "--preset", "table-mnist", "--attack", "dfme", "--scale", "paper")
     assert (attack.queries, advft.epochs, advft.i_f) == (6_000_000, 6, 4690)
     assert parsed("sweep", "--kind", "epochs")[0].attack == "dfme"  # the paper's Fig. 4 is DFME's
