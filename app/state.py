@@ -27,7 +27,7 @@ class UIPreset:
 
 # How the page names each core preset; a preset without a label here is offered under its own name.
 PRESET_LABELS = {"lecture": "lecture demo, CPU", "offline": "offline demo", "fig5": "Fig. 5 of the paper",
-                 "table-mnist": "Tables 2-3 victim (MNIST LeNet), m = 100, CPU (~16 min)",
+                 "table-mnist": "Tables 2-3 victim (MNIST LeNet), m = 100, CPU (~15 min)",
                  "table-mnist-m10": "Tables 2-3 victim, m = 10, CPU (~3 min)", "paper": "paper settings"}
 # Every preset is offered only when its victim's checkpoint exists (preset_available); a URL naming
 # another is told how to train it.

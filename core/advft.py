@@ -131,7 +131,7 @@ PRESETS: dict[str, dict] = {
     # MNIST) with the paper's margin, loss and optimiser (m = 100, median over the fake batch, Adam 1e-4, its
     # DFME-size generator) in 8 epochs of 50 G + 938 F steps: 7,900 steps against the paper's 352,000, so a
     # project setting, not the authors'. A KnockoffNets thief keeps 51% (median of 3 seeds; the paper: 21%)
-    # at Acc_MF within 0.03 points of M_R; about 16 minutes on a quiet 2-core CPU. docs/results.md has
+    # at Acc_MF within 0.03 points of M_R; 15 minutes on a quiet 2-core CPU. docs/results.md has
     # the measurements.
     "table-mnist": {"victim": "mnist_lenet", "config": {
         "margin": 100.0, "epochs": 8, "i_g": 50, "i_f": 938, "lr_g": 1e-4, "lr_f": 1e-4,

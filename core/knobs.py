@@ -93,7 +93,7 @@ class Knob:
         return repr(value) if isinstance(value, float) else str(value).lower() if isinstance(value, bool) else str(value)
 
     def preset_values(self) -> str:
-        """Each preset's value, presets that share one grouped: 'lecture, offline: 30; fig5, table-mnist: 10'."""
+        """Each preset's value, presets that share one grouped: 'lecture, offline: 30; fig5, table-mnist-m10: 10'."""
         groups: dict[str, list[str]] = {}
         for name in PRESETS:
             groups.setdefault(f"{getattr(preset_config(name), self.name):g}" if self.kind is float
