@@ -15,8 +15,8 @@ It runs two `table` commands (each a grid of cells, resumable: rerun with the sa
 2. DFME block: `python -m core table --preset table-mnist --attack dfme --rows advft,none --out OUT/dfme`
    (1M soft queries, scale cpu): the unprotected surrogate clearly learns; against AdvFT it stays at chance.
 
-It takes hours on a 2-core CPU (each AdvFT run of the table-mnist preset 15 minutes alone). Timings are the cells' own (cells/<name>.json), AdvFT's the run's
-engine time (metrics.json).
+It takes hours on a 2-core CPU (each AdvFT run of the table-mnist preset 15 minutes alone). Timings are the
+cells' own (cells/<name>.json), AdvFT's the run's engine time (metrics.json).
 """
 
 from __future__ import annotations

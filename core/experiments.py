@@ -596,7 +596,7 @@ def write_experiment(out: Path, name: str, report: dict, figure, markdown: str |
     # plotly.js embedded (~4 MB) so the figure opens offline, like the rest of the project
     page = html_page if html_page is not None else figure.to_html(include_plotlyjs=True)
     atomic_write_bytes(out / f"{name}.html", page.encode())
-    from .figures import render_static  # plotly is loaded only by commands that draw
+    from .figures import render_static  # here, not at the top: grid workers import this module and draw nothing
 
     try:  # retried when Kaleido's fresh tab is not ready; without Kaleido or a Chromium the reason is said
         png = render_static(figure, "png", figure.layout.width or 700, figure.layout.height or 500, 1)
